@@ -1,0 +1,40 @@
+# One-command entry points. Each target builds .venv from nothing when it is missing.
+# GPU users: make serve TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" EXTRAS=gpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,cpu
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+ARGS ?=
+PRESET ?= sudoku-cpu
+
+.PHONY: install serve test lint train bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/python -m server $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(ARGS)
+
+train: $(STAMP)
+	$(BIN)/python -m training.run --preset $(PRESET) $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.serve $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

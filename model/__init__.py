@@ -1,0 +1,1 @@
+"""Tiny Recursive Models: config, layers, the recursive network, checkpoints and puzzle codecs."""

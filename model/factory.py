@@ -1,0 +1,15 @@
+"""Build the right network for a config: the architecture is a field of `config.json`, not a guess."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from model.config import TRMConfig
+from model.trm import TRM
+
+
+def build_model(config: TRMConfig) -> nn.Module:
+    """A freshly initialised model of the architecture `config.arch` names."""
+    if config.arch == "trm":
+        return TRM(config)
+    raise ValueError(f"unknown architecture {config.arch!r}")

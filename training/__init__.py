@@ -1,0 +1,1 @@
+"""Training: data builders, the deep-supervision loop, optimizers, evaluation and the `run` CLI."""

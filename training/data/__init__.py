@@ -1,0 +1,1 @@
+"""Dataset builders for every puzzle family, all generated or read from local files."""

@@ -1,0 +1,115 @@
+"""The on-disk dataset format every builder writes and the training loop streams from.
+
+Layout of a built dataset directory:
+
+    meta.json                   DatasetMeta: family, vocab, seq_len, puzzle-id count, augmentation, provenance
+    identifiers.json            list of puzzle-id names; index = id (id 0 is "<blank>", shared by Sudoku/maze)
+    <split>/inputs.npy          uint8 [N, seq_len]  input tokens
+    <split>/labels.npy          uint8 [N, seq_len]  target tokens; 0 (PAD) marks positions the loss ignores
+    <split>/puzzle_ids.npy      int32 [N]           row of the puzzle-embedding table for each example
+    <split>/groups.npy          int32 [N]           original puzzle each example came from (augmented copies share it)
+    <split>/<extra>.npy         optional per-example arrays a family needs (e.g. ARC test-input indices)
+
+Arrays are plain .npy so they can be memory-mapped: a split is read lazily, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CORE_ARRAYS = ("inputs", "labels", "puzzle_ids", "groups")
+
+
+@dataclass
+class DatasetMeta:
+    """What a dataset holds and how to train on it.
+
+    `augment` names the on-the-fly augmentation the loop applies to training batches ("sudoku" for digit and
+    band/stack shuffles, "dihedral" for the 8 symmetries, "none" where variants were built ahead, as for ARC).
+    """
+
+    family: str
+    vocab_size: int
+    seq_len: int
+    num_puzzle_ids: int = 1
+    augment: str = "none"
+    description: str = ""
+    source: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class PuzzleSet:
+    """One split in memory (or memory-mapped)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_ids: np.ndarray
+    groups: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.inputs)
+        if self.inputs.shape != self.labels.shape or self.inputs.ndim != 2:
+            raise ValueError(f"inputs {self.inputs.shape} and labels {self.labels.shape} must be equal [N, L]")
+        for name, arr in [("puzzle_ids", self.puzzle_ids), ("groups", self.groups), *self.extras.items()]:
+            if len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} rows, inputs have {n}")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, index: np.ndarray) -> PuzzleSet:
+        return PuzzleSet(
+            self.inputs[index],
+            self.labels[index],
+            self.puzzle_ids[index],
+            self.groups[index],
+            {k: v[index] for k, v in self.extras.items()},
+        )
+
+
+def save_dataset(
+    root: str | Path, meta: DatasetMeta, splits: dict[str, PuzzleSet], identifiers: list[str] | None = None
+) -> Path:
+    """Write a dataset directory; returns its path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        d = root / name
+        d.mkdir(exist_ok=True)
+        np.save(d / "inputs.npy", np.ascontiguousarray(split.inputs, dtype=np.uint8))
+        np.save(d / "labels.npy", np.ascontiguousarray(split.labels, dtype=np.uint8))
+        np.save(d / "puzzle_ids.npy", np.ascontiguousarray(split.puzzle_ids, dtype=np.int32))
+        np.save(d / "groups.npy", np.ascontiguousarray(split.groups, dtype=np.int32))
+        for key, arr in split.extras.items():
+            np.save(d / f"{key}.npy", np.ascontiguousarray(arr))
+    ids = identifiers if identifiers is not None else ["<blank>"]
+    (root / "identifiers.json").write_text(json.dumps(ids))
+    (root / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
+    return root
+
+
+def load_meta(root: str | Path) -> DatasetMeta:
+    return DatasetMeta(**json.loads((Path(root) / "meta.json").read_text()))
+
+
+def load_identifiers(root: str | Path) -> list[str]:
+    names: list[str] = json.loads((Path(root) / "identifiers.json").read_text())
+    return names
+
+
+def load_split(root: str | Path, split: str, mmap: bool = True) -> PuzzleSet:
+    """Read one split; memory-mapped by default so large sets stream from disk."""
+    d = Path(root) / split
+    if not d.is_dir():
+        raise FileNotFoundError(f"dataset split not found: {d}")
+    mode = "r" if mmap else None
+    arrays = {name: np.load(d / f"{name}.npy", mmap_mode=mode) for name in CORE_ARRAYS}
+    extras = {
+        p.stem: np.load(p, mmap_mode=mode) for p in sorted(d.glob("*.npy")) if p.stem not in CORE_ARRAYS
+    }
+    return PuzzleSet(**arrays, extras=extras)

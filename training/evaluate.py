@@ -1,0 +1,174 @@
+"""Evaluate a checkpoint on held-out puzzles, with adaptive halting and with the reference's fixed 16 steps.
+
+    python -m training.evaluate --weights weights/sudoku-9x9 --data generate:sudoku:1000:30:40 [--halt adaptive]
+
+One pass runs every puzzle for `halt_max_steps` steps and records, per puzzle, the answer at the first step
+whose halting probability passes 0.5 (adaptive) and the answer after the last step (`never`), so both figures
+come from the same computation. The last line of stdout is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.data.dataset import PuzzleSet
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where asked for; fp32 runs without any autocast context."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def run_steps(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    puzzle_ids: torch.Tensor,
+    max_steps: int,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (step, predicted tokens, halting logit) for steps 1..max_steps of a fresh batch."""
+    carry = model.initial_carry(inputs.shape[0], inputs.device)  # type: ignore[operator]
+    for step in range(1, max_steps + 1):
+        with autocast(inputs.device, dtype):
+            out = model.step(carry, inputs, puzzle_ids)  # type: ignore[operator]
+        carry = out.carry
+        yield step, out.logits.argmax(-1), out.q_halt.float()
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: PuzzleSet,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    max_steps: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    limit: int = 0,
+    progress: bool = False,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Exact and per-cell accuracy after `max_steps` (halt never) and at the adaptive halting step."""
+    device = device or next(model.parameters()).device
+    max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
+    n = min(len(data), limit) if limit else len(data)
+    sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
+    preds_never, preds_adaptive, q_adaptive = [], [], []
+    start = time.perf_counter()
+    bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        inputs = torch.as_tensor(np.asarray(data.inputs[lo:hi]), device=device).long()
+        labels = torch.as_tensor(np.asarray(data.labels[lo:hi]), device=device).long()
+        ids = torch.as_tensor(np.asarray(data.puzzle_ids[lo:hi]), device=device).long()
+        b = hi - lo
+        halted_at = torch.zeros(b, dtype=torch.long, device=device)
+        adaptive = torch.zeros_like(labels)
+        q_at = torch.zeros(b, device=device)
+        pred = adaptive
+        for step, pred, q_halt in run_steps(model, inputs, ids, max_steps, dtype):
+            newly = (halted_at == 0) & ((q_halt > 0) | (step == max_steps))
+            adaptive[newly] = pred[newly]
+            q_at[newly] = torch.sigmoid(q_halt[newly])
+            halted_at[newly] = step
+        valid = labels != 0
+        for key, p in (("", pred), ("ad_", adaptive)):
+            right = ((p == labels) & valid).sum(-1)
+            sums[key + "exact"] += int((right == valid.sum(-1)).sum())
+            sums[key + "cells"] += int(right.sum())
+        sums["cells_total"] += int(valid.sum())
+        sums["steps"] += int(halted_at.sum())
+        if keep_predictions:
+            preds_never.append(pred.cpu().numpy())
+            preds_adaptive.append(adaptive.cpu().numpy())
+            q_adaptive.append(q_at.cpu().numpy())
+        bar.update(b)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "puzzles": n,
+        "exact_accuracy": sums["exact"] / max(1, n),
+        "cell_accuracy": sums["cells"] / max(1, sums["cells_total"]),
+        "adaptive_exact_accuracy": sums["ad_exact"] / max(1, n),
+        "adaptive_cell_accuracy": sums["ad_cells"] / max(1, sums["cells_total"]),
+        "mean_steps": sums["steps"] / max(1, n),
+        "max_steps": max_steps,
+        "seconds": round(elapsed, 2),
+    }
+    if keep_predictions:
+        result["predictions"] = np.concatenate(preds_never) if preds_never else np.zeros((0, 0))
+        result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))
+        result["adaptive_q"] = np.concatenate(q_adaptive) if q_adaptive else np.zeros(0)
+    return result
+
+
+def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
+    """The summary line: `exact_accuracy` etc. refer to the chosen halting mode, the other mode alongside."""
+    never = {"exact_accuracy": result["exact_accuracy"], "cell_accuracy": result["cell_accuracy"]}
+    adaptive = {
+        "exact_accuracy": result["adaptive_exact_accuracy"],
+        "cell_accuracy": result["adaptive_cell_accuracy"],
+    }
+    chosen = adaptive if halt == "adaptive" else never
+    return {
+        "halt": halt,
+        **chosen,
+        "mean_steps": result["mean_steps"] if halt == "adaptive" else result["max_steps"],
+        "never": never,
+        "adaptive": {**adaptive, "mean_steps": result["mean_steps"]},
+        "puzzles": result["puzzles"],
+        "seconds": result["seconds"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from model.checkpoint import load_checkpoint
+    from training.data.sources import load_eval_data
+
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a built dataset dir, a CSV file (Sudoku-Extreme / Maze-Hard format), or a generator spec "
+        "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED]",
+    )
+    parser.add_argument("--halt", choices=["adaptive", "never"], default="adaptive")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    ckpt = load_checkpoint(args.weights)
+    model = ckpt.model.to(device)
+    data = load_eval_data(args.data, ckpt.config)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    result = evaluate_model(
+        model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=sys.stderr.isatty() or True
+    )
+    summary = {"weights": str(Path(args.weights)), "data": args.data, **headline(result, args.halt)}
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The deep-supervision training loop with ACT, as in the reference.
+
+Every optimizer step is ONE supervision step over a batch of slots. A slot keeps its puzzle and its carry
+(y, z) across optimizer steps until it halts (Q head says so, or `halt_max_steps` is reached); only halted slots
+take rows of the next batch, the rest of that batch is dropped. Exploration sometimes forbids an early halt.
+
+Data parallelism: every rank draws the same global batch and random numbers and works on its slice; gradients
+(and the sparse puzzle-row gradients) are summed across ranks, so N processes give the weights one process
+gives with the same global batch. The model is driven through `step`, not `forward`, so the all-reduce is
+done here rather than by a DistributedDataParallel wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from model.checkpoint import save_checkpoint
+from model.factory import build_model
+from model.trm import Carry, count_trainable_parameters
+from training.config import Preset
+from training.data.dataset import PuzzleSet
+from training.evaluate import autocast, evaluate_model
+from training.losses import act_loss
+from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
+from training.sampler import Augment, BatchStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ACTState:
+    """Per-slot training state that persists across optimizer steps (the reference's ACT carry)."""
+
+    carry: Carry
+    steps: Tensor  # (b,) supervision steps taken by the slot's current puzzle
+    halted: Tensor  # (b,) bool; True slots take new data at the next step
+    inputs: Tensor  # (b, L)
+    labels: Tensor  # (b, L)
+    puzzle_ids: Tensor  # (b,)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        if self.world == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(
+        self,
+        preset: Preset,
+        train_data: PuzzleSet,
+        test_data: PuzzleSet | None,
+        run_dir: Path,
+        augment: Augment | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.preset = preset
+        self.cfg = preset.train
+        self.config = preset.model
+        self.device = device or pick_device()
+        self.dist = Distributed.from_env(self.device)
+        if self.cfg.global_batch_size % self.dist.world:
+            raise ValueError(f"global batch {self.cfg.global_batch_size} not divisible by {self.dist.world} ranks")
+        self.local_batch = self.cfg.global_batch_size // self.dist.world
+        self.run_dir = run_dir
+        self.test_data = test_data
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.world))
+        self.dtype = {
+            "auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+        }[self.cfg.dtype]
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(self.config).to(self.device)
+        self.model.train()
+        self.step_fn = self.model.step  # type: ignore[attr-defined]
+        if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
+            self.model.net = torch.compile(self.model.net)  # type: ignore[assignment]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(
+            self.cfg.optimizer, params, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
+        )
+        self.ema = EMA(self.model, self.cfg.ema_rate) if self.cfg.ema else None
+        self.stream = BatchStream(train_data, self.cfg.global_batch_size, self.cfg.seed, augment)
+        self.steps_per_epoch = max(1, self.stream.examples_per_epoch() // self.cfg.global_batch_size)
+        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.eval_every = self.cfg.eval_every_steps or self.cfg.eval_interval * self.steps_per_epoch
+        self.step = 0
+        self.act = self._fresh_act_state()
+
+    @property
+    def trainable_parameters(self) -> int:
+        return count_trainable_parameters(self.model)
+
+    def _fresh_act_state(self) -> ACTState:
+        b, length = self.local_batch, self.config.seq_len
+        return ACTState(
+            carry=self.model.initial_carry(b, self.device),  # type: ignore[operator]
+            steps=torch.zeros(b, dtype=torch.long, device=self.device),
+            halted=torch.ones(b, dtype=torch.bool, device=self.device),
+            inputs=torch.zeros(b, length, dtype=torch.long, device=self.device),
+            labels=torch.zeros(b, length, dtype=torch.long, device=self.device),
+            puzzle_ids=torch.zeros(b, dtype=torch.long, device=self.device),
+        )
+
+    # ------------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict[str, float]:
+        batch = self.stream.next()
+        lo = self.dist.rank * self.local_batch
+        sl = slice(lo, lo + self.local_batch)
+        new_inputs = torch.as_tensor(batch.inputs[sl], device=self.device).long()
+        new_labels = torch.as_tensor(batch.labels[sl], device=self.device).long()
+        new_ids = torch.as_tensor(batch.puzzle_ids[sl], device=self.device).long()
+
+        act = self.act
+        h = act.halted
+        carry = self.model.reset(act.carry, h)  # type: ignore[operator]
+        steps = torch.where(h, 0, act.steps)
+        inputs = torch.where(h[:, None], new_inputs, act.inputs)
+        labels = torch.where(h[:, None], new_labels, act.labels)
+        ids = torch.where(h, new_ids, act.puzzle_ids)
+
+        train_table = self.cfg.puzzle_emb_lr > 0
+        vectors = self.model.puzzle_emb[ids].clone().requires_grad_(train_table)  # type: ignore[index]
+        lr = lr_at(self.step, self.cfg.lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+        emb_lr = lr_at(
+            self.step, self.cfg.puzzle_emb_lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio
+        )
+        with autocast(self.device, self.dtype):
+            out = self.step_fn(carry, inputs, puzzle_vectors=vectors)
+        loss = act_loss(out.logits, labels, out.q_halt, self.cfg.loss)
+        (loss.total / self.cfg.global_batch_size).backward()
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.dist.world > 1:
+            flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in params])
+            self.dist.sum_(flat)
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad = flat[offset : offset + n].view_as(p).clone()
+                offset += n
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if train_table and vectors.grad is not None:
+            all_ids = self.dist.gather(ids)
+            all_grads = self.dist.gather(vectors.grad)
+            sign_sgd_rows(self.model.puzzle_emb, all_ids, all_grads, emb_lr, self.cfg.puzzle_emb_weight_decay)  # type: ignore[arg-type]
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+        with torch.no_grad():
+            steps = steps + 1
+            max_steps = self.config.halt_max_steps
+            halted = (steps >= max_steps) | (out.q_halt.detach() > 0)
+            # Exploration, drawn for the global batch so every rank sees the same numbers.
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            explore = torch.rand(self.cfg.global_batch_size, generator=gen)[sl] < self.config.halt_exploration_prob
+            min_steps = torch.randint(2, max_steps + 1, (self.cfg.global_batch_size,), generator=gen)[sl]
+            min_steps = (explore * min_steps).to(self.device)
+            halted = halted & (steps >= min_steps) | (steps >= max_steps)
+        self.act = ACTState(out.carry, steps, halted, inputs, labels, ids)
+        self.step += 1
+
+        # Metrics over halted slots (the reference's convention), summed across ranks.
+        hf = halted.float()
+        stats = torch.stack(
+            [
+                hf.sum(),
+                (loss.correct_tokens / loss.valid_tokens.clamp(min=1) * hf).sum(),
+                (loss.exact.float() * hf).sum(),
+                (steps.float() * hf).sum(),
+                ((out.q_halt.detach() > 0) == loss.exact).float().mul(hf).sum(),
+                loss.lm,
+                loss.q_halt,
+            ]
+        ).double()
+        stats = self.dist.sum_(stats.to(self.device)).cpu()
+        count = max(1.0, float(stats[0]))
+        return {
+            "lr": lr,
+            "lm_loss": float(stats[5]) / self.cfg.global_batch_size,
+            "q_halt_loss": float(stats[6]) / self.cfg.global_batch_size,
+            "halted": float(stats[0]),
+            "accuracy": float(stats[1]) / count,
+            "exact_accuracy": float(stats[2]) / count,
+            "steps": float(stats[3]) / count,
+            "q_halt_accuracy": float(stats[4]) / count,
+        }
+
+    # ------------------------------------------------------------------ evaluation and saving
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (or the live ones without EMA), in eval mode."""
+        model = build_model(self.config).to(self.device)
+        state = self.ema.state_dict_for(self.model) if self.ema is not None else self.model.state_dict()
+        model.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in state.items()})
+        model.eval()
+        return model
+
+    def evaluate(self) -> dict[str, Any]:
+        if self.test_data is None:
+            return {}
+        model = self.ema_model()
+        result = evaluate_model(
+            model, self.test_data, batch_size=max(64, self.local_batch), device=self.device, dtype=self.dtype,
+            limit=self.cfg.eval_samples,
+        )
+        return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
+
+    def save_weights(self, directory: Path) -> Path:
+        return save_checkpoint(self.ema_model(), self.config, directory)
+
+    def timed_steps(self, n: int) -> float:
+        """Seconds per optimizer step over `n` steps (benchmarks, dry runs)."""
+        start = time.perf_counter()
+        for _ in range(n):
+            self.train_step()
+        return (time.perf_counter() - start) / max(1, n)

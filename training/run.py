@@ -1,0 +1,147 @@
+"""Train a TRM checkpoint from a preset.
+
+    python -m training.run --preset sudoku-cpu [--set train.lr=3e-4 ...] [--out weights/sudoku-9x9]
+    python -m training.run --preset sudoku-extreme-mlp --dry-run
+    torchrun --nproc-per-node 4 -m training.run --preset maze-hard
+
+The run directory (default runs/<preset>) receives metrics.jsonl, metrics.png, the latest EMA checkpoint and
+the resumable state; `--resume` continues from it. `--out` copies the final checkpoint to a weights directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from model.factory import build_model
+from model.trm import count_trainable_parameters
+from training.config import Preset, available_presets, load_preset
+
+log = logging.getLogger("training.run")
+
+
+def dry_run(preset: Preset) -> dict[str, object]:
+    """Build the preset's model and describe it without touching data."""
+    model = build_model(preset.model)
+    cfg = preset.model
+    summary: dict[str, object] = {
+        "preset": preset.name,
+        "trainable_parameters": count_trainable_parameters(model),
+        "puzzle_table_rows": cfg.num_puzzle_ids,
+        "net_calls_per_step": cfg.h_cycles * (cfg.l_cycles + 1),
+        "grad_net_calls_per_step": cfg.l_cycles + 1,
+        "sequence_length": cfg.total_len,
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", required=True, help=f"name ({', '.join(available_presets())}) or TOML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and parameter count")
+    parser.add_argument("--run-dir", type=Path, help="default runs/<preset>")
+    parser.add_argument("--out", type=Path, help="copy the final checkpoint here (e.g. weights/sudoku-9x9)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/state")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--log-every", type=int, default=25, help="optimizer steps per metrics.jsonl line")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+    preset = load_preset(args.preset, args.overrides)
+    if args.dry_run:
+        sys.stdout.write(json.dumps(preset.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(dry_run(preset)) + "\n")
+        return 0
+    return train(preset, args)
+
+
+def train(preset: Preset, args: argparse.Namespace) -> int:
+    # Imported here so a dry run needs neither data builders nor the loop.
+    from training.data.sources import augmentation_for, build_or_load
+    from training.loop import Trainer, pick_device
+    from training.metrics import MetricsLog
+    from training.state import load_state, save_state
+
+    run_dir: Path = args.run_dir or Path("runs") / preset.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta, train_data, test_data = build_or_load(preset)
+    preset = replace(
+        preset,
+        model=replace(
+            preset.model,
+            seq_len=meta.seq_len,
+            num_puzzle_ids=meta.num_puzzle_ids,
+            training={**preset.model.training, "data": meta.description, "data_source": meta.source},
+        ),
+    )
+    if meta.family != preset.model.family or meta.vocab_size != preset.model.vocab_size:
+        raise SystemExit(f"dataset is {meta.family}/vocab {meta.vocab_size}, preset model wants "
+                         f"{preset.model.family}/vocab {preset.model.vocab_size}")
+    trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), pick_device(args.device))
+    main_rank = trainer.dist.rank == 0
+    if args.resume:
+        load_state(trainer, run_dir / "state")
+        log.info("resumed at step %d", trainer.step)
+    metrics = MetricsLog(run_dir, append=args.resume)
+    if main_rank:
+        (run_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
+        log.info(
+            "%s: %d trainable parameters, %d train examples, %d steps (%d per epoch), eval every %d",
+            preset.name, trainer.trainable_parameters, len(train_data), trainer.total_steps,
+            trainer.steps_per_epoch, trainer.eval_every,
+        )
+
+    bar = tqdm(
+        total=trainer.total_steps, initial=trainer.step, desc=preset.name, unit="step", dynamic_ncols=True,
+        disable=args.no_progress or not main_rank, mininterval=2.0,
+    )
+    window: list[dict[str, float]] = []
+    start = time.time()
+    last_eval: dict[str, object] = {}
+    while trainer.step < trainer.total_steps:
+        stats = trainer.train_step()
+        window.append(stats)
+        bar.update(1)
+        done = trainer.step >= trainer.total_steps
+        if trainer.step % args.log_every == 0 or done:
+            avg = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
+            window.clear()
+            bar.set_postfix(loss=f"{avg['lm_loss']:.3f}", acc=f"{avg['accuracy']:.3f}",
+                            exact=f"{avg['exact_accuracy']:.3f}", steps=f"{avg['steps']:.1f}")
+            if main_rank:
+                metrics.write({"kind": "train", "step": trainer.step, "elapsed": round(time.time() - start, 1), **avg})
+        if trainer.step % trainer.eval_every == 0 or done:
+            last_eval = trainer.evaluate()
+            if main_rank:
+                metrics.write({"kind": "eval", "step": trainer.step, **last_eval})
+                trainer.save_weights(run_dir / "checkpoint")
+                metrics.plot()
+                tqdm.write(f"eval @ {trainer.step}: {json.dumps(last_eval)}", file=sys.stderr)
+            save_state(trainer, run_dir / "state")
+        elif trainer.cfg.save_every_steps and trainer.step % trainer.cfg.save_every_steps == 0:
+            save_state(trainer, run_dir / "state")
+    bar.close()
+    if main_rank:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                shutil.copy2(run_dir / "checkpoint" / name, args.out / name)
+            shutil.copy2(run_dir / "metrics.png", args.out / "training_curves.png")
+        summary = {"preset": preset.name, "steps": trainer.step, "wall_seconds": round(time.time() - start, 1),
+                   "trainable_parameters": trainer.trainable_parameters, **last_eval}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
