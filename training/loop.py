@@ -82,6 +82,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def summarize(window: list[dict[str, float]]) -> dict[str, float]:
+    """Average losses over steps, and accuracies over the samples that halted in the window."""
+    halted = sum(s["halted"] for s in window)
+    count = max(1.0, halted)
+    return {
+        "lr": window[-1]["lr"],
+        "lm_loss": sum(s["lm_loss"] for s in window) / len(window),
+        "q_halt_loss": sum(s["q_halt_loss"] for s in window) / len(window),
+        "halted": halted,
+        "accuracy": sum(s["accuracy_sum"] for s in window) / count,
+        "exact_accuracy": sum(s["exact_sum"] for s in window) / count,
+        "steps": sum(s["steps_sum"] for s in window) / count,
+        "q_halt_accuracy": sum(s["q_halt_correct_sum"] for s in window) / count,
+    }
+
+
 class Trainer:
     def __init__(
         self,
@@ -145,6 +161,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one optimizer step
     def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns losses and, for the slots that halted, sums to feed `summarize`."""
         batch = self.stream.next()
         lo = self.dist.rank * self.local_batch
         sl = slice(lo, lo + self.local_batch)
@@ -173,7 +190,9 @@ class Trainer:
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.dist.world > 1:
-            flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in params])
+            flat = torch.cat(
+                [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in params]
+            )
             self.dist.sum_(flat)
             offset = 0
             for p in params:
@@ -220,16 +239,15 @@ class Trainer:
             ]
         ).double()
         stats = self.dist.sum_(stats.to(self.device)).cpu()
-        count = max(1.0, float(stats[0]))
         return {
             "lr": lr,
+            "halted": float(stats[0]),
+            "accuracy_sum": float(stats[1]),
+            "exact_sum": float(stats[2]),
+            "steps_sum": float(stats[3]),
+            "q_halt_correct_sum": float(stats[4]),
             "lm_loss": float(stats[5]) / self.cfg.global_batch_size,
             "q_halt_loss": float(stats[6]) / self.cfg.global_batch_size,
-            "halted": float(stats[0]),
-            "accuracy": float(stats[1]) / count,
-            "exact_accuracy": float(stats[2]) / count,
-            "steps": float(stats[3]) / count,
-            "q_halt_accuracy": float(stats[4]) / count,
         }
 
     # ------------------------------------------------------------------ evaluation and saving
@@ -246,7 +264,11 @@ class Trainer:
             return {}
         model = self.ema_model()
         result = evaluate_model(
-            model, self.test_data, batch_size=max(64, self.local_batch), device=self.device, dtype=self.dtype,
+            model,
+            self.test_data,
+            batch_size=max(64, self.local_batch),
+            device=self.device,
+            dtype=self.dtype,
             limit=self.cfg.eval_samples,
         )
         return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}

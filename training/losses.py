@@ -58,7 +58,9 @@ def act_loss(
     q_continue_target: Tensor | None = None,
 ) -> ACTLoss:
     """lm + 0.5 * (BCE(q_halt, exact) + BCE(q_continue, target)), the continue term only for HRM-style ACT."""
-    per_token = stablemax_cross_entropy(logits, labels) if kind == "stablemax" else softmax_cross_entropy(logits, labels)
+    per_token = (
+        stablemax_cross_entropy(logits, labels) if kind == "stablemax" else softmax_cross_entropy(logits, labels)
+    )
     valid = labels != IGNORE
     counts = valid.sum(-1)
     lm = (per_token.sum(-1) / counts.clamp(min=1)).sum()

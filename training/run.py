@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(preset: Preset, args: argparse.Namespace) -> int:
     # Imported here so a dry run needs neither data builders nor the loop.
     from training.data.sources import augmentation_for, build_or_load
-    from training.loop import Trainer, pick_device
+    from training.loop import Trainer, pick_device, summarize
     from training.metrics import MetricsLog
     from training.state import load_state, save_state
 
@@ -85,8 +85,10 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
         ),
     )
     if meta.family != preset.model.family or meta.vocab_size != preset.model.vocab_size:
-        raise SystemExit(f"dataset is {meta.family}/vocab {meta.vocab_size}, preset model wants "
-                         f"{preset.model.family}/vocab {preset.model.vocab_size}")
+        raise SystemExit(
+            f"dataset is {meta.family}/vocab {meta.vocab_size}, preset model wants "
+            f"{preset.model.family}/vocab {preset.model.vocab_size}"
+        )
     trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), pick_device(args.device))
     main_rank = trainer.dist.rank == 0
     if args.resume:
@@ -97,13 +99,22 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
         (run_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
         log.info(
             "%s: %d trainable parameters, %d train examples, %d steps (%d per epoch), eval every %d",
-            preset.name, trainer.trainable_parameters, len(train_data), trainer.total_steps,
-            trainer.steps_per_epoch, trainer.eval_every,
+            preset.name,
+            trainer.trainable_parameters,
+            len(train_data),
+            trainer.total_steps,
+            trainer.steps_per_epoch,
+            trainer.eval_every,
         )
 
     bar = tqdm(
-        total=trainer.total_steps, initial=trainer.step, desc=preset.name, unit="step", dynamic_ncols=True,
-        disable=args.no_progress or not main_rank, mininterval=2.0,
+        total=trainer.total_steps,
+        initial=trainer.step,
+        desc=preset.name,
+        unit="step",
+        dynamic_ncols=True,
+        disable=args.no_progress or not main_rank,
+        mininterval=2.0,
     )
     window: list[dict[str, float]] = []
     start = time.time()
@@ -114,10 +125,14 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
         bar.update(1)
         done = trainer.step >= trainer.total_steps
         if trainer.step % args.log_every == 0 or done:
-            avg = {k: sum(s[k] for s in window) / len(window) for k in window[0]}
+            avg = summarize(window)
             window.clear()
-            bar.set_postfix(loss=f"{avg['lm_loss']:.3f}", acc=f"{avg['accuracy']:.3f}",
-                            exact=f"{avg['exact_accuracy']:.3f}", steps=f"{avg['steps']:.1f}")
+            bar.set_postfix(
+                loss=f"{avg['lm_loss']:.3f}",
+                acc=f"{avg['accuracy']:.3f}",
+                exact=f"{avg['exact_accuracy']:.3f}",
+                steps=f"{avg['steps']:.1f}",
+            )
             if main_rank:
                 metrics.write({"kind": "train", "step": trainer.step, "elapsed": round(time.time() - start, 1), **avg})
         if trainer.step % trainer.eval_every == 0 or done:
@@ -137,8 +152,13 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
             for name in ("config.json", "model.safetensors"):
                 shutil.copy2(run_dir / "checkpoint" / name, args.out / name)
             shutil.copy2(run_dir / "metrics.png", args.out / "training_curves.png")
-        summary = {"preset": preset.name, "steps": trainer.step, "wall_seconds": round(time.time() - start, 1),
-                   "trainable_parameters": trainer.trainable_parameters, **last_eval}
+        summary = {
+            "preset": preset.name,
+            "steps": trainer.step,
+            "wall_seconds": round(time.time() - start, 1),
+            "trainable_parameters": trainer.trainable_parameters,
+            **last_eval,
+        }
         sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

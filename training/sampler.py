@@ -27,7 +27,13 @@ class Batch:
 
 class BatchStream:
     def __init__(
-        self, data: PuzzleSet, batch_size: int, seed: int, augment: Augment | None = None, epoch: int = 0, offset: int = 0
+        self,
+        data: PuzzleSet,
+        batch_size: int,
+        seed: int,
+        augment: Augment | None = None,
+        epoch: int = 0,
+        offset: int = 0,
     ) -> None:
         self.data = data
         self.batch_size = batch_size
@@ -58,7 +64,7 @@ class BatchStream:
 
     def examples_per_epoch(self) -> int:
         """Mean examples per epoch (exact for one example per puzzle)."""
-        return int(round(len(self._sorted) * self.num_groups / len(self._puzzle_starts)))
+        return round(len(self._sorted) * self.num_groups / len(self._puzzle_starts))
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:

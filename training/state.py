@@ -31,7 +31,9 @@ def _act_tensors(act: ACTState) -> dict[str, torch.Tensor]:
 
 def save_state(trainer: Trainer, directory: Path) -> None:
     """Write the state of every rank's slots (gathered) plus rank 0's weights and optimizer."""
-    act = {k: trainer.dist.gather(v.float() if v.dtype == torch.bool else v) for k, v in _act_tensors(trainer.act).items()}
+    act = {
+        k: trainer.dist.gather(v.float() if v.dtype == torch.bool else v) for k, v in _act_tensors(trainer.act).items()
+    }
     if trainer.dist.rank != 0:
         return
     directory.mkdir(parents=True, exist_ok=True)

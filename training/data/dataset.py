@@ -109,7 +109,5 @@ def load_split(root: str | Path, split: str, mmap: bool = True) -> PuzzleSet:
         raise FileNotFoundError(f"dataset split not found: {d}")
     mode = "r" if mmap else None
     arrays = {name: np.load(d / f"{name}.npy", mmap_mode=mode) for name in CORE_ARRAYS}
-    extras = {
-        p.stem: np.load(p, mmap_mode=mode) for p in sorted(d.glob("*.npy")) if p.stem not in CORE_ARRAYS
-    }
+    extras = {p.stem: np.load(p, mmap_mode=mode) for p in sorted(d.glob("*.npy")) if p.stem not in CORE_ARRAYS}
     return PuzzleSet(**arrays, extras=extras)

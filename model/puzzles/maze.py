@@ -1,0 +1,195 @@
+"""Mazes: parse request grids, pad them to the model's square, decode the marked path, check it is a shortest one.
+
+Tokens follow `TinyRecursiveModels:dataset/build_maze_dataset.py`: 0 PAD, 1 '#', 2 ' ', 3 'S', 4 'G', 5 'o'. A
+model is trained on one side N (30 for Maze-Hard); a smaller maze is served by padding it with walls on the bottom
+and right, which cannot create a new path, and the prediction is cropped back before it is returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from model.puzzles.base import Codec, PuzzleError
+
+CHARS = "\0# SGo"  # token id -> character; index 0 (PAD) never appears in a grid
+WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
+_QUESTION_CHARS = "# SG"
+_TOKEN_OF = {ch: i for i, ch in enumerate(CHARS) if i}
+# Token -> character for decoding; anything outside the alphabet (PAD, junk) shows as '?', which verify rejects.
+_DECODE = np.array(["?", "#", " ", "S", "G", "o"])
+
+
+def chars_to_tokens(rows: list[str]) -> np.ndarray:
+    """uint8 token grid [h, w] from already validated rows over '# SGo'."""
+    lookup = np.zeros(128, dtype=np.uint8)
+    for ch, tok in _TOKEN_OF.items():
+        lookup[ord(ch)] = tok
+    codes = np.array([[ord(ch) for ch in row] for row in rows], dtype=np.int64)
+    return lookup[codes]
+
+
+def tokens_to_chars(grid: np.ndarray) -> list[str]:
+    """Rows of characters for a token grid [h, w]."""
+    g = np.asarray(grid, dtype=np.int64)
+    return ["".join(row) for row in _DECODE[np.where((g >= 0) & (g < len(_DECODE)), g, 0)]]
+
+
+def bfs_distances(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """4-connected distances from `start` over non-wall cells of a token grid; -1 where unreachable."""
+    h, w = grid.shape
+    open_ = (grid != WALL) & (grid != 0)
+    dist = np.full((h, w), -1, dtype=np.int32)
+    dist[start] = 0
+    queue = deque([start])
+    while queue:
+        r, c = queue.popleft()
+        d = dist[r, c] + 1
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < h and 0 <= nc < w and open_[nr, nc] and dist[nr, nc] < 0:
+                dist[nr, nc] = d
+                queue.append((nr, nc))
+    return dist
+
+
+def _find(grid: np.ndarray, token: int) -> tuple[int, int]:
+    r, c = np.argwhere(grid == token)[0]
+    return int(r), int(c)
+
+
+def shortest_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
+    """Cells of one shortest S->G path (both ends included) in a token grid, or None when G is unreachable.
+
+    Walks back from G choosing the first neighbour one step closer in (up, down, left, right) order, so the result
+    is deterministic even where several shortest paths exist.
+    """
+    grid = np.asarray(grid)
+    start, goal = _find(grid, START), _find(grid, GOAL)
+    dist = bfs_distances(grid, start)
+    if dist[goal] < 0:
+        return None
+    h, w = grid.shape
+    path = [goal]
+    r, c = goal
+    while (r, c) != start:
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < h and 0 <= nc < w and dist[nr, nc] == dist[r, c] - 1:
+                r, c = nr, nc
+                break
+        path.append((r, c))
+    return path[::-1]
+
+
+def count_shortest_paths(grid: np.ndarray, cap: int = 2) -> int:
+    """Number of distinct shortest S->G paths, saturating at `cap` (0 when unreachable)."""
+    grid = np.asarray(grid)
+    start, goal = _find(grid, START), _find(grid, GOAL)
+    dist = bfs_distances(grid, start)
+    if dist[goal] < 0:
+        return 0
+    ways = np.zeros(dist.shape, dtype=np.int64)
+    ways[start] = 1
+    h, w = grid.shape
+    for flat in np.argsort(dist, axis=None, kind="stable"):
+        r, c = divmod(int(flat), w)
+        if dist[r, c] <= 0:
+            continue
+        total = 0
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < h and 0 <= nc < w and dist[nr, nc] == dist[r, c] - 1:
+                total += ways[nr, nc]
+        ways[r, c] = min(total, cap)
+    return int(ways[goal])
+
+
+def mark_path(grid: np.ndarray) -> np.ndarray:
+    """The label for a question grid: a copy with the inner cells of a shortest path set to 'o'."""
+    path = shortest_path(grid)
+    if path is None:
+        raise ValueError("maze has no path from S to G")
+    out = np.array(grid, dtype=np.uint8, copy=True)
+    for r, c in path[1:-1]:
+        out[r, c] = PATH
+    return out
+
+
+def is_shortest_path_answer(question: np.ndarray, answer: np.ndarray) -> bool:
+    """True iff `answer` is `question` with some open cells turned 'o' that form a shortest S->G path."""
+    if answer.shape != question.shape:
+        return False
+    marked = answer == PATH
+    same = (answer == question) | (marked & (question == OPEN))
+    if not same.all():
+        return False
+    start, goal = _find(question, START), _find(question, GOAL)
+    shortest = bfs_distances(question, start)[goal]
+    if shortest < 0 or int(marked.sum()) != shortest - 1:
+        return False
+    # A connected set of exactly shortest+1 cells holding S and G can only be a shortest path.
+    only_path = np.where(marked | (question == START) | (question == GOAL), OPEN, WALL)
+    return bool(bfs_distances(only_path, start)[goal] == shortest)
+
+
+class MazeCodec(Codec):
+    """Codec for square mazes up to the model's N x N; puzzles are uint8 token grids [h, h] at their own size."""
+
+    family = "maze"
+    vocab_size = 6
+
+    def __init__(self, seq_len: int = 900) -> None:
+        super().__init__(seq_len)
+        self.side = math.isqrt(seq_len)
+        if self.side * self.side != seq_len or self.side < 2:
+            raise ValueError(f"maze seq_len must be a square (900 for 30x30), got {seq_len}")
+
+    def parse(self, raw: Any) -> np.ndarray:
+        """Validate a maze (a square list of equal-length strings over '# SG'); it must have a path S->G."""
+        if not isinstance(raw, list) or not raw:
+            raise PuzzleError("grid must be a non-empty list of strings over '#', ' ', 'S', 'G'")
+        size = len(raw)
+        for r, row in enumerate(raw):
+            if not isinstance(row, str):
+                raise PuzzleError(f"grid[{r}] is not a string", field=f"grid[{r}]")
+            if len(row) != size:
+                raise PuzzleError(f"grid[{r}] has {len(row)} characters, expected {size}", field=f"grid[{r}]")
+        if size > self.side:
+            raise PuzzleError(f"maze is {size}x{size}, larger than this model's {self.side}x{self.side}")
+        for r, row in enumerate(raw):
+            for c, ch in enumerate(row):
+                if ch not in _QUESTION_CHARS:
+                    raise PuzzleError(
+                        f"grid[{r}][{c}] is {ch!r}, expected one of '#', ' ', 'S', 'G'", field=f"grid[{r}][{c}]"
+                    )
+        grid = chars_to_tokens(raw)
+        for name, tok in (("S", START), ("G", GOAL)):
+            n = int((grid == tok).sum())
+            if n == 0:
+                raise PuzzleError(f"maze has no {name}")
+            if n > 1:
+                raise PuzzleError(f"maze has {n} {name}s")
+        if shortest_path(grid) is None:
+            raise PuzzleError("maze has no path from S to G")
+        return grid
+
+    def encode(self, puzzle: np.ndarray) -> np.ndarray:
+        padded = np.full((self.side, self.side), WALL, dtype=np.uint8)
+        h, w = puzzle.shape
+        padded[:h, :w] = puzzle
+        return padded.reshape(-1)
+
+    def decode(self, tokens: np.ndarray, puzzle: np.ndarray) -> list[str]:
+        h, w = puzzle.shape
+        grid = np.asarray(tokens)[: self.seq_len].reshape(self.side, self.side)[:h, :w]
+        return tokens_to_chars(grid)
+
+    def verify(self, puzzle: np.ndarray, answer: Any) -> bool:
+        """True iff `answer` (rows of '# SGo') marks a shortest S->G path with 'o'; malformed answers are False."""
+        h, w = puzzle.shape
+        if not isinstance(answer, list) or len(answer) != h:
+            return False
+        if not all(isinstance(row, str) and len(row) == w and set(row) <= set("# SGo") for row in answer):
+            return False
+        return is_shortest_path_answer(puzzle, chars_to_tokens(answer))

@@ -1,0 +1,1 @@
+"""The TRM HTTP server: `python -m server` (see server/__main__.py) or `create_app(settings)`."""

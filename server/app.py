@@ -1,0 +1,322 @@
+"""The FastAPI application: `create_app(settings)` and a lifespan that owns the registry and scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from server.limits import BodyLimitMiddleware
+from server.metrics import Metrics
+from server.registry import Registry
+from server.scheduler import Draining, Job, ModelScheduler, QueueFull, Scheduler, StepRecord
+from server.schemas import BatchItem, BatchRequest, BatchResponse, ErrorBody, SolveRequest, SolveResponse
+from server.settings import Settings
+from server.solve import ApiError, Prepared, Solver, job_error
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+POLL_S = 0.1  # how often a waiting request checks whether its client went away
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+class Service:
+    """What the lifespan builds: models, scheduler, solver, metrics."""
+
+    def __init__(self, settings: Settings, registry: Registry, scheduler: Scheduler, metrics: Metrics) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.solver = Solver(settings, registry)
+        self.ready = False
+
+    def submit(self, prep: Prepared) -> None:
+        """Queue every job of a request, or none: a full queue rolls back the ones already queued."""
+        try:
+            for job in prep.jobs:
+                self.scheduler.submit(prep.entry.name, job)
+        except QueueFull as exc:
+            for job in prep.jobs:
+                self.scheduler.cancel(job)
+            raise ApiError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from exc
+        except Draining as exc:
+            raise ApiError(503, "draining", "server is shutting down", headers={"Retry-After": "5"}) from exc
+
+    def record(self, prep: Prepared, outcome: str) -> None:
+        self.metrics.requests.labels(prep.entry.name, outcome).inc()
+        self.metrics.request_duration.labels(prep.entry.name).observe(time.monotonic() - prep.arrived)
+
+
+def _track(prep: Prepared) -> asyncio.Event:
+    """An event set (on the event loop) once every job of the request has finished."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    remaining = len(prep.jobs)
+
+    def finished(_: Job) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            loop.call_soon_threadsafe(done.set)
+
+    for job in prep.jobs:
+        job.on_done = finished
+    return done
+
+
+async def _wait(done: asyncio.Event, prep: Prepared, request: Request | None, service: Service) -> None:
+    """Wait for the request's jobs; if the client disconnects meanwhile, cancel them to free their slots."""
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), timeout=POLL_S)
+        except TimeoutError:
+            if request is not None and await request.is_disconnected():
+                for job in prep.jobs:
+                    service.scheduler.cancel(job)
+                await done.wait()
+
+
+def _answer(service: Service, prep: Prepared) -> SolveResponse:
+    error = job_error(prep)
+    if error is not None:
+        service.record(prep, error.kind)
+        if error.status == 504 and all(j.answer is not None for j in prep.jobs):
+            error.extra = {"partial": service.solver.respond(prep).model_dump()}
+        raise error
+    response = service.solver.respond(prep)
+    service.record(prep, "ok")
+    verified = "none" if response.verified is None else str(response.verified).lower()
+    service.metrics.verified.labels(prep.entry.name, verified).inc()
+    return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        registry = Registry(settings)
+        await asyncio.to_thread(registry.load)
+        schedulers = {
+            name: ModelScheduler(
+                name, entry.engine, settings.queue_capacity, settings.halt_threshold, settings.scheduler_policy, metrics
+            )
+            for name, entry in registry.models.items()
+        }
+        scheduler = Scheduler(schedulers)
+        service = Service(settings, registry, scheduler, metrics)
+        metrics.build.info({"version": _version(), "backend": settings.backend})
+        for name, entry in registry.models.items():
+            metrics.model_info.labels(name).info(
+                {"puzzle": entry.family, "sha256": entry.checkpoint.sha256, "backend": entry.engine.backend}
+            )
+            metrics.gauges(name, 0, 0)
+        scheduler.start()
+        app.state.service = service
+        service.ready = True
+        try:
+            yield
+        finally:
+            service.ready = False
+            await asyncio.to_thread(scheduler.drain, settings.drain_timeout_s)
+            scheduler.stop()
+
+    app = FastAPI(title="TRM server", version=_version(), lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    def service_of(request: Request) -> Service:
+        service: Service = request.app.state.service
+        return service
+
+    def auth(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or wrong API key (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def auth_protected(request: Request) -> None:
+        if settings.protect_metrics:
+            auth(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({**exc.body(), **exc.extra}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}"
+        return JSONResponse(
+            ErrorBody(error="invalid_request", message=message, field=field).model_dump(), status_code=422
+        )
+
+    async def solve_one(req: SolveRequest, request: Request | None, service: Service) -> SolveResponse:
+        prep = service.solver.prepare(req)
+        done = _track(prep)
+        service.submit(prep)
+        await _wait(done, prep, request, service)
+        return _answer(service, prep)
+
+    @app.post(
+        "/solve",
+        response_model=SolveResponse,
+        dependencies=[Depends(auth)],
+        responses={code: {"model": ErrorBody} for code in (401, 404, 413, 422, 500, 503, 504)},
+    )
+    async def solve(req: SolveRequest, request: Request) -> Any:
+        service = service_of(request)
+        if req.stream:
+            return _stream(service, req, request)
+        return await solve_one(req, request, service)
+
+    @app.post(
+        "/solve/batch",
+        response_model=BatchResponse,
+        dependencies=[Depends(auth)],
+        responses={code: {"model": ErrorBody} for code in (401, 413, 422, 503)},
+    )
+    async def solve_batch(batch: BatchRequest, request: Request) -> BatchResponse:
+        service = service_of(request)
+        if len(batch.requests) > settings.max_batch_requests:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"requests has {len(batch.requests)} entries, at most {settings.max_batch_requests}",
+                "requests",
+            )
+        if any(r.stream for r in batch.requests):
+            raise ApiError(422, "invalid_request", "stream is not supported inside a batch", "requests")
+
+        async def one(i: int, req: SolveRequest) -> BatchItem:
+            try:
+                return BatchItem(status=200, result=await solve_one(req, None, service))
+            except ApiError as exc:
+                body = ErrorBody(
+                    error=exc.kind,
+                    message=exc.message,
+                    field=f"requests[{i}].{exc.field}" if exc.field else f"requests[{i}]",
+                )
+                return BatchItem(status=exc.status, error=body)
+
+        return BatchResponse(results=list(await asyncio.gather(*(one(i, r) for i, r in enumerate(batch.requests)))))
+
+    @app.get("/models", dependencies=[Depends(auth_protected)])
+    async def models(request: Request) -> dict[str, Any]:
+        service = service_of(request)
+        return {
+            "models": [e.describe() for e in service.registry.models.values()],
+            "broken": service.registry.broken,
+        }
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready(request: Request) -> JSONResponse:
+        service: Service | None = getattr(request.app.state, "service", None)
+        ok = service is not None and service.ready and not service.scheduler.draining
+        return JSONResponse({"status": "ready" if ok else "not_ready"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", dependencies=[Depends(auth_protected)])
+    async def metrics(request: Request) -> Response:
+        body = service_of(request).metrics.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if page.is_file():
+            return FileResponse(page)
+        return JSONResponse({"service": "trm", "docs": "/docs"})
+
+    return app
+
+
+def _stream(service: Service, req: SolveRequest, request: Request) -> StreamingResponse:
+    """Server-Sent Events: one `step` event per supervision step, then `result` (or `error`)."""
+    prep = service.solver.prepare(req)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    main = prep.jobs[0]
+    previous: list[Any] = [None]
+
+    def on_step(job: Job, record: StepRecord) -> None:
+        if job is main:
+            loop.call_soon_threadsafe(events.put_nowait, ("step", record))
+
+    for job in prep.jobs:
+        job.on_step = on_step
+    done = _track(prep)
+    service.submit(prep)  # a full queue is a plain 503 here, before any event is sent
+    waiter = asyncio.ensure_future(_wait(done, prep, None, service))
+
+    async def generate() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                get = asyncio.ensure_future(events.get())
+                await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    _, record = get.result()
+                    state = service.solver.step_state(prep, record, previous[0])
+                    previous[0] = state.solution
+                    yield _sse("step", state.model_dump())
+                    continue
+                get.cancel()
+                while not events.empty():
+                    _, record = events.get_nowait()
+                    state = service.solver.step_state(prep, record, previous[0])
+                    previous[0] = state.solution
+                    yield _sse("step", state.model_dump())
+                try:
+                    yield _sse("result", _answer(service, prep).model_dump())
+                except ApiError as exc:
+                    yield _sse("error", {"status": exc.status, **exc.body(), **exc.extra})
+                return
+        finally:
+            if not waiter.done():
+                for job in prep.jobs:
+                    service.scheduler.cancel(job)
+
+    return StreamingResponse(
+        generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("trm-stack")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"

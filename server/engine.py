@@ -1,0 +1,159 @@
+"""Engines run one supervision step over a set of slots whose carry stays on the device between steps.
+
+The scheduler only speaks in slot numbers and numpy results; an engine owns the device tensors (the carry
+y, z, the input tokens and prefix vector of every slot). That split lets the torch and ONNX Runtime backends
+share the scheduler, and keeps the carry on the GPU for the whole life of a puzzle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.config import TRMConfig
+from model.trm import Carry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """Outputs of one step for the slots asked for, in the same order."""
+
+    tokens: np.ndarray  # (k, seq_len) int64: argmax answer tokens
+    q_halt: np.ndarray  # (k,) float32 halting logits
+    finite: np.ndarray  # (k,) bool: logits and q_halt are all finite
+
+
+StepHook = Callable[[Sequence[int], StepResult | None], StepResult | None]
+"""Called before (result None) and after each step; may raise or return a changed result (fault injection)."""
+
+
+def bucket(n: int, limit: int) -> int:
+    """Smallest power of two >= n (capped at `limit`), so a GPU sees a handful of shapes, not every batch size."""
+    size = 1
+    while size < n:
+        size *= 2
+    return min(size, max(limit, n))
+
+
+class Engine(ABC):
+    """A pool of `slots` puzzle slots for one model on one device."""
+
+    backend: str
+    provider: str
+
+    def __init__(self, config: TRMConfig, table: np.ndarray, slots: int) -> None:
+        self.config = config
+        self.table = table  # (num_puzzle_ids, hidden) puzzle-embedding rows
+        self.slots = slots
+        self.hooks: list[StepHook] = []
+
+    @abstractmethod
+    def load(self, slot: int, tokens: np.ndarray, vector: np.ndarray) -> None:
+        """Put a new puzzle in `slot`: its tokens and prefix vector, and the initial carry."""
+
+    @abstractmethod
+    def _step(self, slots: Sequence[int]) -> StepResult:
+        """Run one step for `slots`, updating their carry in place."""
+
+    def step(self, slots: Sequence[int]) -> StepResult:
+        for hook in self.hooks:
+            hook(slots, None)
+        result = self._step(slots)
+        for hook in self.hooks:
+            changed = hook(slots, result)
+            if changed is not None:
+                result = changed
+        return result
+
+    def vector_for(self, puzzle_id: int) -> np.ndarray:
+        return np.asarray(self.table[puzzle_id], dtype=np.float32)
+
+    def warm_up(self) -> None:
+        """Run one full-pool step on blank inputs so first requests do not pay for lazy initialisation."""
+        blank = np.zeros(self.config.seq_len, dtype=np.int64)
+        n = min(self.slots, 8)
+        for slot in range(n):
+            self.load(slot, blank, self.vector_for(0))
+        self._step(list(range(n)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+def configure_cpu_threads(threads: int) -> int:
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+class TorchEngine(Engine):
+    backend = "torch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TRMConfig,
+        slots: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        compile_model: bool = False,
+    ) -> None:
+        table = model.puzzle_emb.detach().cpu().numpy()  # type: ignore[operator]
+        super().__init__(config, table, slots)
+        self.device = device
+        self.dtype = dtype
+        self.provider = f"{device.type}" + ("" if dtype == torch.float32 else f"/{str(dtype).split('.')[-1]}")
+        self.model = model.to(device).eval()
+        if compile_model:
+            self.model.net = torch.compile(self.model.net, dynamic=False)  # type: ignore[assignment,arg-type]
+        carry = self.model.initial_carry(slots, device)  # type: ignore[operator]
+        self.y: Tensor = carry.y.to(dtype)
+        self.z: Tensor = carry.z.to(dtype)
+        carry = Carry(self.y, self.z)
+        self.inputs = torch.zeros(slots, config.seq_len, dtype=torch.long, device=device)
+        self.vectors = torch.zeros(slots, config.hidden_size, dtype=torch.float32, device=device)
+        self.y_init: Tensor = carry.y[0, 0].clone()
+        self.z_init: Tensor = carry.z[0, 0].clone()
+
+    def load(self, slot: int, tokens: np.ndarray, vector: np.ndarray) -> None:
+        self.inputs[slot] = torch.as_tensor(tokens, dtype=torch.long)
+        self.vectors[slot] = torch.as_tensor(vector, dtype=torch.float32)
+        self.y[slot] = self.y_init
+        self.z[slot] = self.z_init
+
+    @torch.inference_mode()
+    def _step(self, slots: Sequence[int]) -> StepResult:
+        k = len(slots)
+        padded = bucket(k, self.slots) if self.device.type == "cuda" else k
+        idx_list = list(slots) + [slots[0]] * (padded - k)  # pad with a repeat of a real slot; results dropped
+        idx = torch.as_tensor(idx_list, dtype=torch.long, device=self.device)
+        carry = Carry(self.y[idx], self.z[idx])
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with autocast:
+            out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])  # type: ignore[operator]
+        real = idx[:k]
+        self.y[real] = out.carry.y[:k].to(self.dtype)
+        self.z[real] = out.carry.z[:k].to(self.dtype)
+        logits = out.logits[:k]
+        q_halt = out.q_halt[:k].float()
+        finite = torch.isfinite(logits).flatten(1).all(dim=1) & torch.isfinite(q_halt)
+        return StepResult(
+            tokens=logits.argmax(-1).cpu().numpy(),
+            q_halt=q_halt.cpu().numpy(),
+            finite=finite.cpu().numpy(),
+        )

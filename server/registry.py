@@ -1,0 +1,150 @@
+"""The loaded models: checkpoints found under the weights directory, their codecs and engines.
+
+Model names come from directory names found at start-up, and requests are matched against this table only,
+so nothing a client sends ever becomes a filesystem path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, read_card_metrics
+from model.config import TRMConfig
+from model.puzzles import get_codec
+from model.puzzles.base import Codec
+from model.trm import count_trainable_parameters
+from server.engine import Engine, TorchEngine, configure_cpu_threads, resolve_device
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    checkpoint: Checkpoint
+    codec: Codec
+    engine: Engine
+    card: dict[str, Any] = field(default_factory=dict)
+    identifiers: list[str] = field(default_factory=list)
+    """Puzzle-id names (ARC task variants); index = row of the puzzle table."""
+
+    @property
+    def config(self) -> TRMConfig:
+        return self.checkpoint.config
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "puzzle": self.family,
+            "arch": self.config.arch,
+            "grid_size": self.config.grid_side,
+            "config": {k: v for k, v in self.config.to_dict().items() if k != "training"},
+            "trainable_parameters": count_trainable_parameters(self.checkpoint.model),
+            "sha256": self.checkpoint.sha256,
+            "backend": self.engine.backend,
+            "provider": self.engine.provider,
+            "slots": self.engine.slots,
+            "card": self.card,
+            "known_tasks": len({n.split("|||")[0] for n in self.identifiers if n != "<blank>"}),
+        }
+
+
+def find_checkpoints(weights_dir: Path, names: list[str]) -> list[Path]:
+    if not weights_dir.is_dir():
+        raise CheckpointError(f"{weights_dir}: weights directory not found")
+    if names:
+        return [weights_dir / name for name in names]
+    return sorted(p for p in weights_dir.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def build_engine(ckpt: Checkpoint, settings: Settings) -> Engine:
+    device = resolve_device(settings.device)
+    backend = settings.backend
+    if backend == "onnx":
+        from server.onnx_engine import OnnxEngine
+
+        engine: Engine = OnnxEngine.from_checkpoint(ckpt, settings.slots, device, settings.threads)
+        return engine
+    dtype = torch.float32
+    if settings.dtype == "bfloat16" or (settings.dtype == "auto" and device.type == "cuda"):
+        dtype = torch.bfloat16
+    return TorchEngine(ckpt.model, ckpt.config, settings.slots, device, dtype, settings.compile)
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, ModelEntry] = {}
+        self.broken: dict[str, str] = {}
+
+    def load(self) -> None:
+        """Load, validate and warm up every checkpoint; a broken one fails start-up or is skipped (setting)."""
+        if resolve_device(self.settings.device).type == "cpu":
+            configure_cpu_threads(self.settings.threads)
+        for path in find_checkpoints(self.settings.weights_dir, self.settings.models):
+            try:
+                ckpt = load_checkpoint(path)
+                entry = ModelEntry(
+                    name=path.name,
+                    checkpoint=ckpt,
+                    codec=get_codec(ckpt.config.family, ckpt.config.seq_len),
+                    engine=build_engine(ckpt, self.settings),
+                    card=read_card_metrics(path),
+                    identifiers=_identifiers(path),
+                )
+                entry.engine.warm_up()
+            except (CheckpointError, ValueError, OSError) as exc:
+                if self.settings.on_broken_checkpoint == "fail":
+                    raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+                log.error("skipping broken checkpoint %s: %s", path, exc)
+                self.broken[path.name] = str(exc)
+                continue
+            self.models[entry.name] = entry
+            log.info(
+                "loaded %s (%s, %dx%d, %s on %s)",
+                entry.name,
+                entry.family,
+                entry.config.grid_side,
+                entry.config.grid_side,
+                entry.engine.backend,
+                entry.engine.provider,
+            )
+        if not self.models:
+            raise CheckpointError(f"no loadable checkpoint under {self.settings.weights_dir}")
+
+    def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
+        """The named model, or the family's default: the smallest grid that fits `side` (cheapest compute)."""
+        if name is not None:
+            entry = self.models.get(name)
+            if entry is None:
+                raise KeyError(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models))}")
+            if entry.family != family:
+                raise ValueError(f"model {name!r} solves {entry.family}, not {family}")
+            return entry
+        candidates = [e for e in self.models.values() if e.family == family]
+        if not candidates:
+            raise KeyError(f"no {family} model is loaded")
+        fitting = [e for e in candidates if side is None or e.config.grid_side >= side]
+        if not fitting:
+            largest = max(e.config.grid_side for e in candidates)
+            raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
+        return min(fitting, key=lambda e: (e.config.grid_side, e.name))
+
+
+def _identifiers(path: Path) -> list[str]:
+    ids = path / "identifiers.json"
+    if not ids.is_file():
+        return []
+    data = json.loads(ids.read_text())
+    return [str(x) for x in data] if isinstance(data, list) else []

@@ -1,0 +1,318 @@
+"""Step-level continuous batching, free of any web framework.
+
+Per model, a pool of slots holds running puzzles. Each tick runs ONE supervision step over the occupied slots;
+puzzles whose halting probability passes the threshold, that reach their `max_steps`, or whose deadline has
+passed are finished and their slots refilled from a bounded queue at the next tick. Easy puzzles therefore
+leave early and new ones never wait for a whole batch to run 16 steps.
+
+`tick()` is synchronous, so tests drive the scheduler step by step; `Scheduler.start()` runs ticks in a worker
+thread, round-robin over the models that have work, so the event loop never blocks on compute. Completion and
+per-step callbacks are invoked from that thread; the HTTP layer hands them to its event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+import numpy as np
+
+from server.engine import Engine
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+class QueueFull(Exception):
+    """The model's queue is at capacity; the client should retry later (503)."""
+
+
+class Draining(Exception):
+    """The server is shutting down and takes no new puzzles (503)."""
+
+
+class HaltReason(StrEnum):
+    Q_HEAD = "q_head"
+    MAX_STEPS = "max_steps"
+    DEADLINE = "deadline"
+
+
+Policy = Literal["continuous", "static", "sequential"]
+
+
+@dataclass
+class StepRecord:
+    step: int
+    tokens: np.ndarray
+    halt_probability: float
+
+
+@dataclass
+class Job:
+    """One puzzle's trip through the scheduler. Inputs are set by the caller; the rest is filled in."""
+
+    tokens: np.ndarray
+    vector: np.ndarray
+    max_steps: int
+    halt: Literal["adaptive", "never"] = "adaptive"
+    record_steps: bool = False
+    deadline: float = math.inf  # time.monotonic() value
+    on_step: Callable[[Job, StepRecord], None] | None = None
+    on_done: Callable[[Job], None] | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    enqueued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    compute_s: float = 0.0
+    steps_used: int = 0
+    answer: np.ndarray | None = None
+    halt_probability: float = 0.0
+    halted_by: HaltReason | None = None
+    error: str | None = None
+    """Set when the puzzle failed: "deadline", "cancelled", or a message about a failed or non-finite step."""
+    steps: list[StepRecord] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+
+class Observer(Protocol):
+    """Receives scheduler events for metrics; the default does nothing."""
+
+    def batch(self, model: str, size: int, seconds: float) -> None: ...
+
+    def finished(self, model: str, job: Job) -> None: ...
+
+    def gauges(self, model: str, queued: int, running: int) -> None: ...
+
+
+class NullObserver:
+    def batch(self, model: str, size: int, seconds: float) -> None:
+        pass
+
+    def finished(self, model: str, job: Job) -> None:
+        pass
+
+    def gauges(self, model: str, queued: int, running: int) -> None:
+        pass
+
+
+class ModelScheduler:
+    """Slots and queue of one model."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        queue_capacity: int,
+        threshold: float = 0.5,
+        policy: Policy = "continuous",
+        observer: Observer | None = None,
+    ) -> None:
+        self.name = name
+        self.engine = engine
+        self.queue_capacity = queue_capacity
+        self.threshold = threshold
+        self.policy = policy
+        self.observer = observer or NullObserver()
+        self.slots: list[Job | None] = [None] * (1 if policy == "sequential" else engine.slots)
+        self.queue: deque[Job] = deque()
+        self.lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return sum(job is not None for job in self.slots)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.queue) or self.running > 0
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            if len(self.queue) >= self.queue_capacity:
+                raise QueueFull(f"model {self.name!r} has {len(self.queue)} puzzles queued (capacity reached)")
+            job.enqueued_at = time.monotonic()
+            self.queue.append(job)
+        self.observer.gauges(self.name, len(self.queue), self.running)
+
+    def _finish(self, slot: int | None, job: Job, reason: HaltReason | None, error: str | None = None) -> None:
+        job.halted_by = reason
+        job.error = error
+        job.finished_at = time.monotonic()
+        if slot is not None:
+            self.slots[slot] = None
+        self.observer.finished(self.name, job)
+        if job.on_done is not None:
+            try:
+                job.on_done(job)
+            except Exception:  # a broken callback must not take the scheduler down
+                log.exception("on_done callback of job %d failed", job.id)
+
+    def _admit(self, now: float) -> list[Job]:
+        """Drop cancelled and expired queue entries, then fill free slots (lowest first, keeping batches compact)."""
+        dropped: list[Job] = []
+        with self.lock:
+            alive: deque[Job] = deque()
+            for job in self.queue:
+                if job.cancelled:
+                    self._finish(None, job, None, "cancelled")
+                    dropped.append(job)
+                elif now >= job.deadline:
+                    self._finish(None, job, HaltReason.DEADLINE, "deadline")
+                    dropped.append(job)
+                else:
+                    alive.append(job)
+            self.queue = alive
+            if self.policy == "static" and self.running > 0:
+                return dropped  # static batching: the whole batch finishes before new puzzles start
+            for slot in range(len(self.slots)):
+                if not self.queue:
+                    break
+                if self.slots[slot] is None:
+                    job = self.queue.popleft()
+                    self.engine.load(slot, job.tokens, job.vector)
+                    job.started_at = now
+                    self.slots[slot] = job
+        return dropped
+
+    def tick(self) -> list[Job]:
+        """Admit from the queue, run one step over the occupied slots, finish what halted. Returns finished jobs."""
+        now = time.monotonic()
+        finished: list[Job] = []
+        for slot, job in enumerate(self.slots):
+            if job is not None and job.cancelled:
+                self._finish(slot, job, None, "cancelled")
+                finished.append(job)
+        finished.extend(self._admit(now))
+        active = [i for i, job in enumerate(self.slots) if job is not None]
+        if not active:
+            self.observer.gauges(self.name, len(self.queue), 0)
+            return finished
+        start = time.perf_counter()
+        try:
+            result = self.engine.step(active)
+        except Exception as exc:  # fail this batch's puzzles only; the next tick starts clean
+            log.exception("step of model %s failed for %d puzzles", self.name, len(active))
+            for slot in active:
+                job = self.slots[slot]
+                assert job is not None
+                self._finish(slot, job, None, f"model step failed: {type(exc).__name__}: {exc}")
+                finished.append(job)
+            return finished
+        seconds = time.perf_counter() - start
+        self.observer.batch(self.name, len(active), seconds)
+        now = time.monotonic()
+        for row, slot in enumerate(active):
+            job = self.slots[slot]
+            assert job is not None
+            job.compute_s += seconds
+            job.steps_used += 1
+            if not result.finite[row]:
+                self._finish(slot, job, None, f"non-finite values (NaN/Inf) in step {job.steps_used}")
+                finished.append(job)
+                continue
+            prob = 1.0 / (1.0 + math.exp(-float(np.clip(result.q_halt[row], -60, 60))))
+            job.answer = result.tokens[row]
+            job.halt_probability = prob
+            record = StepRecord(job.steps_used, job.answer, prob)
+            if job.record_steps:
+                job.steps.append(record)
+            if job.on_step is not None:
+                try:
+                    job.on_step(job, record)
+                except Exception:
+                    log.exception("on_step callback of job %d failed", job.id)
+            reason: HaltReason | None = None
+            if job.halt == "adaptive" and prob >= self.threshold:
+                reason = HaltReason.Q_HEAD
+            elif job.steps_used >= job.max_steps:
+                reason = HaltReason.MAX_STEPS
+            elif now >= job.deadline:
+                reason = HaltReason.DEADLINE
+            if reason is not None:
+                self._finish(slot, job, reason, "deadline" if reason is HaltReason.DEADLINE else None)
+                finished.append(job)
+        self.observer.gauges(self.name, len(self.queue), self.running)
+        return finished
+
+
+class Scheduler:
+    """All models' schedulers and the worker thread that ticks them fairly."""
+
+    def __init__(self, models: dict[str, ModelScheduler]) -> None:
+        self.models = models
+        self._order = list(models)
+        self._next = 0
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.draining = False
+
+    def submit(self, model: str, job: Job) -> None:
+        if self.draining:
+            raise Draining("server is shutting down")
+        self.models[model].submit(job)
+        with self._wake:
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Ask for a job to be dropped (client went away); its slot is freed at the next tick."""
+        job.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    @property
+    def busy(self) -> bool:
+        return any(m.has_work for m in self.models.values())
+
+    def tick(self) -> list[Job]:
+        """One tick of the next model (round-robin) that has work."""
+        for _ in range(len(self._order)):
+            name = self._order[self._next]
+            self._next = (self._next + 1) % len(self._order)
+            if self.models[name].has_work:
+                return self.models[name].tick()
+        return []
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self.busy:
+                    self._wake.wait(timeout=0.5)
+                if self._stop:
+                    return
+            try:
+                self.tick()
+            except Exception:  # never let the worker die: log and keep serving
+                log.exception("scheduler tick failed")
+                time.sleep(0.01)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trm-scheduler", daemon=True)
+        self._thread.start()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop taking puzzles and wait until queued and running ones are answered; True if all were."""
+        self.draining = True
+        end = time.monotonic() + timeout
+        while self.busy and time.monotonic() < end:
+            time.sleep(0.02)
+        return not self.busy
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

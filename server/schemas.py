@@ -1,0 +1,81 @@
+"""HTTP request and response bodies (the contract in shared/DESIGN.md).
+
+Grids are typed loosely here on purpose: each puzzle family's codec validates its own grid and says exactly
+what is wrong and where ("grid[3] has two 5s"), which a generic schema error cannot.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a loaded model's name")]
+
+
+class SolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    puzzle: Literal["sudoku", "maze", "arc"]
+    grid: Any = Field(
+        None,
+        description="Sudoku: 9x9 list of int lists (0 = blank) or an 81-character string ('0'/'.' blank). "
+        "Maze: square list of equal-length strings over '#', ' ', 'S', 'G'.",
+    )
+    task: Any = Field(None, description='ARC: {"train": [{"input": G, "output": G}, ...], "test": [{"input": G}, ...]}')
+    task_id: str | None = Field(None, max_length=128, description="ARC: a task the model was trained on")
+    model: ModelName | None = None
+    max_steps: int | None = Field(None, ge=1, description="supervision steps at most (default: the model's)")
+    halt: Literal["adaptive", "never"] = "adaptive"
+    return_steps: bool = False
+    stream: bool = False
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[SolveRequest] = Field(min_length=1)
+
+
+class StepState(BaseModel):
+    step: int
+    solution: Any
+    halt_probability: float
+    changed_cells: list[tuple[int, int]]
+
+
+class Timing(BaseModel):
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+
+
+class SolveResponse(BaseModel):
+    id: str
+    model: str
+    puzzle: str
+    solution: Any
+    steps_used: int
+    halted_by: Literal["q_head", "max_steps", "deadline"]
+    halt_probability: float
+    verified: bool | None
+    timing: Timing
+    steps: list[StepState] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable kind, e.g. invalid_puzzle, unknown_model, queue_full")
+    message: str
+    field: str | None = None
+
+
+class BatchItem(BaseModel):
+    """One entry of a batch answer: a result, or the error that request alone met."""
+
+    status: int
+    result: SolveResponse | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]

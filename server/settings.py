@@ -1,0 +1,69 @@
+"""Server settings: environment variables with the `TRM_` prefix, and the same names as CLI flags.
+
+`TRM_WEIGHTS_DIR=weights python -m server` and `python -m server --weights-dir weights` mean the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRM_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 in containers."""
+    port: int = Field(8000, ge=0, le=65535)
+    weights_dir: Path = Path("weights")
+    """Directory whose sub-directories are checkpoints (config.json + model.safetensors)."""
+    models: list[str] = Field(default_factory=list)
+    """Checkpoint names to load; empty loads every checkpoint under weights_dir."""
+    on_broken_checkpoint: Literal["fail", "skip"] = "fail"
+    """A checkpoint that does not load stops start-up (fail) or is logged and left out (skip)."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto = bf16 autocast on GPU, fp32 on CPU."""
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    """Engine that runs the steps; auto picks per device the one measured fastest (see the README)."""
+    compile: bool = False
+    """torch.compile the network (GPU; shapes are bucketed so compiled graphs are reused)."""
+    threads: int = Field(0, ge=0)
+    """CPU threads for the engine (0 = all cores)."""
+    slots: int = Field(64, ge=1, le=4096)
+    """Puzzles one model runs at once: the batch of each step."""
+    scheduler_policy: Literal["continuous", "static", "sequential"] = "continuous"
+    """continuous: refill slots every step; static: a batch runs to the end before the next starts;
+    sequential: one puzzle at a time. The last two exist to measure the first against them."""
+    queue_capacity: int = Field(1024, ge=1)
+    """Puzzles waiting per model before new ones get 503."""
+    default_max_steps: int = Field(0, ge=0)
+    """Supervision steps when a request does not say; 0 = the model's halt_max_steps."""
+    max_steps_limit: int = Field(64, ge=1)
+    """Largest max_steps a request may ask for."""
+    halt_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """A puzzle halts when sigmoid(q_halt) reaches this (0.5 = the reference's q_halt > 0)."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Deadline per puzzle, queue wait included; past it the answer is 504."""
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Larger request bodies get 413 before they are read."""
+    max_batch_requests: int = Field(256, ge=1)
+    """Puzzles in one /solve/batch call."""
+    api_key: str | None = None
+    """When set, solve endpoints need `Authorization: Bearer <key>`."""
+    protect_metrics: bool = False
+    """Also require the key for /metrics and /models (health stays open for probes)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: how long queued and running puzzles may take before the process exits anyway."""
+    log_level: str = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v for v in (part.strip() for part in value.split(",")) if v]
+        return value

@@ -1,0 +1,342 @@
+"""Maze data: a generator of hard mazes with unique shortest paths, the Maze-Hard CSV reader, dihedral augmentation.
+
+Maze-Hard (30x30, shortest path > 110) cannot be downloaded here, so we make our own. A maze is carved as a perfect
+maze (randomised depth-first search on the even-coordinate lattice, which gives long winding corridors), then a
+fraction of the remaining inner walls is knocked out so loops appear and the shortest path is no longer simply
+"the" path. S and G are placed far apart, and only pairs joined by exactly one shortest path are kept, so the label
+(the path marked 'o') is well defined. Kernels are compiled with numba, as in `training.data.sudoku`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral
+from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START
+from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - same code in plain Python, much slower
+
+    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+
+log = logging.getLogger(__name__)
+CHUNK = 128  # mazes per generator task; fixed so output depends on the seed only, never on the worker count
+CSV_HEADER = ["source", "question", "answer", "rating"]
+
+
+@njit(cache=True)
+def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
+    """Distances (-1 unreachable) and shortest-path counts (capped at 2) from `start` over non-wall cells."""
+    dist[:] = -1
+    ways[:] = 0
+    dist[start], ways[start], queue[0] = 0, 1, start
+    head, tail = 0, 1
+    while head < tail:
+        v = queue[head]
+        head += 1
+        r, c = v // n, v % n
+        for w in (v - n if r > 0 else -1, v + n if r < n - 1 else -1, v - 1 if c > 0 else -1,
+                  v + 1 if c < n - 1 else -1):
+            if w < 0 or grid[w] == 1:
+                continue
+            if dist[w] < 0:
+                dist[w] = dist[v] + 1
+                queue[tail] = w
+                tail += 1
+            if dist[w] == dist[v] + 1:
+                ways[w] = min(ways[w] + ways[v], 2)
+    return tail
+
+
+@njit(cache=True)
+def _carve(grid, n, loops):  # type: ignore[no-untyped-def]
+    """A perfect maze on the cells with even coordinates, then each remaining inner wall opened with p=`loops`."""
+    m = (n + 1) // 2
+    grid[:] = 1
+    visited = np.zeros(m * m, dtype=np.bool_)
+    stack = np.empty(m * m, dtype=np.int32)
+    options = np.empty(4, dtype=np.int32)
+    first = np.random.randint(0, m * m)
+    visited[first], stack[0], sp = True, first, 1
+    grid[(first // m) * 2 * n + (first % m) * 2] = 2
+    while sp > 0:
+        cur = stack[sp - 1]
+        r, c, k = cur // m, cur % m, 0
+        for nb in (cur - m if r > 0 else -1, cur + m if r < m - 1 else -1, cur - 1 if c > 0 else -1,
+                   cur + 1 if c < m - 1 else -1):
+            if nb >= 0 and not visited[nb]:
+                options[k] = nb
+                k += 1
+        if k == 0:
+            sp -= 1
+            continue
+        nb = options[np.random.randint(0, k)]
+        visited[nb] = True
+        stack[sp] = nb
+        sp += 1
+        nr, nc = nb // m, nb % m
+        grid[(r + nr) * n + (c + nc)] = 2  # the wall between two lattice cells sits at the mean coordinate
+        grid[2 * nr * n + 2 * nc] = 2
+    for r in range(2 * m - 1):
+        for c in range(2 * m - 1):
+            if (r + c) % 2 == 1 and grid[r * n + c] == 1 and np.random.random() < loops:
+                grid[r * n + c] = 2
+
+
+@njit(cache=True)
+def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels, lengths):  # type: ignore[no-untyped-def]
+    """Fill outputs with mazes whose S->G shortest path is unique and at least `min_path` steps; returns the count."""
+    np.random.seed(seed)
+    size = n * n
+    grid = np.empty(size, dtype=np.uint8)
+    dist = np.empty(size, dtype=np.int32)
+    queue = np.empty(size, dtype=np.int32)
+    ways = np.empty(size, dtype=np.int32)
+    made, tries = 0, 0
+    while made < len(questions) and tries < max_tries:
+        tries += 1
+        _carve(grid, n, loops)
+        seen = _bfs(grid, n, 0, dist, queue, ways)  # cell 0 is always a lattice cell, so it is open
+        a = queue[seen - 1]  # farthest from an arbitrary cell: one end of a (near-)longest shortest path
+        seen = _bfs(grid, n, a, dist, queue, ways)
+        threshold = max(min_path, int(far * dist[queue[seen - 1]]), 2)
+        count = 0
+        for i in range(seen):
+            if dist[queue[i]] >= threshold and ways[queue[i]] == 1:
+                count += 1
+        if count == 0:
+            continue
+        pick, g = np.random.randint(0, count), -1
+        for i in range(seen):
+            if dist[queue[i]] >= threshold and ways[queue[i]] == 1:
+                if pick == 0:
+                    g = queue[i]
+                    break
+                pick -= 1
+        s = a
+        if np.random.random() < 0.5:
+            s, g = g, s
+        questions[made, :] = grid
+        questions[made, s], questions[made, g] = 3, 4
+        labels[made, :] = questions[made]
+        _bfs(grid, n, s, dist, queue, ways)
+        v = g
+        while dist[v] > 1:  # walk back from G; the shortest path is unique, so any closer neighbour is on it
+            r, c = v // n, v % n
+            for w in (v - n if r > 0 else -1, v + n if r < n - 1 else -1, v - 1 if c > 0 else -1,
+                      v + 1 if c < n - 1 else -1):
+                if w >= 0 and dist[w] == dist[v] - 1 and grid[w] != 1:
+                    v = w
+                    break
+            labels[made, v] = 5
+        lengths[made] = dist[g]
+        made += 1
+    return made
+
+
+def generate(
+    n: int,
+    side: int = 30,
+    loops: float = 0.1,
+    min_path: int = 0,
+    far: float = 0.75,
+    seed: int = 0,
+    workers: int | None = None,
+    max_tries_per_maze: int = 200,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generate `n` mazes of `side` x `side` (5..30): (questions, labels) uint8 tokens [n, side, side], path lengths.
+
+    Args:
+        loops: probability of opening each inner wall left by the perfect maze; 0 gives trees (every path unique).
+        min_path: the "hard" filter: minimum S->G shortest-path length in steps (Maze-Hard uses > 110 at 30x30).
+        far: G is drawn among cells at least this fraction of the farthest distance from S.
+    Deterministic in `seed` whatever `workers` is, because work is split in fixed chunks seeded by index.
+    """
+    if not 5 <= side <= 30:
+        raise ValueError(f"maze side must be 5..30, got {side}")
+    tasks = []
+    for k, start in enumerate(range(0, n, CHUNK)):
+        chunk_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0] >> 1)
+        count = min(CHUNK, n - start)
+        tasks.append((chunk_seed, count, side, loops, min_path, far, count * max_tries_per_maze))
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers <= 1:
+        results = [_run_chunk(t) for t in tasks]
+    else:
+        _run_chunk((0, 1, 5, 0.0, 0, 0.5, 100))  # compile once before forking workers
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_run_chunk, tasks))
+    if not results:
+        return np.zeros((0, side, side), np.uint8), np.zeros((0, side, side), np.uint8), np.zeros(0, np.int32)
+    questions, labels, lengths = (np.concatenate([r[i] for r in results]) for i in range(3))
+    return questions.reshape(n, side, side), labels.reshape(n, side, side), lengths
+
+
+def _run_chunk(args: tuple[int, int, int, float, int, float, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    seed, count, side, loops, min_path, far, max_tries = args
+    questions = np.zeros((count, side * side), np.uint8)
+    labels = np.zeros((count, side * side), np.uint8)
+    lengths = np.zeros(count, np.int32)
+    made = _generate_chunk(seed, side, loops, min_path, far, max_tries, questions, labels, lengths)
+    if made < count:
+        raise RuntimeError(f"made only {made} of {count} mazes in {max_tries} tries: lower min_path or loops")
+    return questions, labels, lengths
+
+
+def dihedral_batch(tokens: np.ndarray, tids: np.ndarray) -> np.ndarray:
+    """Apply symmetry tids[i] to row i of a token batch [B, N*N] (returns a new [B, N*N] array)."""
+    b, length = tokens.shape
+    side = math.isqrt(length)
+    grids = np.asarray(tokens).reshape(b, side, side)
+    out = np.empty_like(grids)
+    for tid in range(NUM_DIHEDRAL):  # 8 vectorised calls, one per symmetry, instead of B small ones
+        rows = np.flatnonzero(tids == tid)
+        if len(rows):
+            out[rows] = dihedral(grids[rows], tid)
+    return out.reshape(b, length)
+
+
+def augment_batch(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One random symmetry of the square per row, the same for input and label (a path stays a shortest path)."""
+    tids = rng.integers(0, NUM_DIHEDRAL, size=len(inputs))
+    return dihedral_batch(inputs, tids), dihedral_batch(labels, tids)
+
+
+def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read the Maze-Hard CSV format (`source,question,answer,rating`; N*N-char strings over '# SGo').
+
+    Returns (questions, labels) as uint8 tokens [M, N, N] and the rating column (float32). Rows are checked so a
+    corrupt file fails here with its line number: square strings, known characters, one S and one G, and answers
+    that equal their question except for open cells marked 'o'.
+    """
+    questions: list[str] = []
+    answers: list[str] = []
+    ratings: list[float] = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != CSV_HEADER:
+            raise ValueError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
+        for line, row in enumerate(reader, start=2):
+            if limit is not None and len(questions) >= limit:
+                break
+            length = len(row[1]) if len(row) == 4 else -1
+            if length < 0 or math.isqrt(length) ** 2 != length or len(row[2]) != length or (
+                questions and length != len(questions[0])
+            ):
+                raise ValueError(f"{path}:{line}: expected 4 columns with equal square-length question and answer")
+            questions.append(row[1])
+            answers.append(row[2])
+            ratings.append(float(row[3] or 0))
+    lookup = np.zeros(256, dtype=np.uint8)
+    for tok, ch in enumerate(CHARS):
+        if tok:
+            lookup[ord(ch)] = tok
+    side = math.isqrt(len(questions[0])) if questions else 0
+
+    def tokens(rows: list[str]) -> np.ndarray:
+        raw = np.frombuffer("".join(rows).encode("latin-1", "replace"), dtype=np.uint8)
+        return lookup[raw].reshape(len(rows), side, side)
+
+    q, a = tokens(questions), tokens(answers)
+    checks = [
+        (((q == 0) | (q == PATH)).any(axis=(1, 2)) | (a == 0).any(axis=(1, 2)),
+         "characters outside '# SG' in the question or '# SGo' in the answer"),
+        (((q == START).sum(axis=(1, 2)) != 1) | ((q == GOAL).sum(axis=(1, 2)) != 1),
+         "question needs exactly one S and one G"),
+        (~((a == q) | ((a == PATH) & (q == OPEN))).all(axis=(1, 2)),
+         "answer differs from the question other than open cells marked 'o'"),
+    ]
+    for bad, why in checks:
+        if bad.any():
+            raise ValueError(f"{path}:{int(np.argmax(bad)) + 2}: {why}")
+    return q, a, np.array(ratings, dtype=np.float32)
+
+
+def write_csv(path: str | Path, questions: np.ndarray, labels: np.ndarray, source: str = "generated") -> None:
+    """Write mazes in the Maze-Hard CSV format; the rating column holds the shortest-path length."""
+    chars = np.array(list(CHARS))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_HEADER)
+        for q, a in zip(questions, labels, strict=True):
+            length = int((a == PATH).sum()) + 1
+            writer.writerow([source, "".join(chars[q.reshape(-1)]), "".join(chars[a.reshape(-1)]), length])
+
+
+def _split(questions: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> PuzzleSet:
+    n = len(questions)
+    return PuzzleSet(
+        inputs=questions.reshape(n, -1),
+        labels=labels.reshape(n, -1),
+        puzzle_ids=np.zeros(n, dtype=np.int32),
+        groups=np.arange(n, dtype=np.int32),
+        extras={"path_length": lengths.astype(np.int32)},
+    )
+
+
+def _meta(side: int, description: str, source: dict[str, object]) -> DatasetMeta:
+    return DatasetMeta("maze", 6, side * side, 1, "dihedral", description, source)
+
+
+def build(
+    out_dir: str | Path,
+    n_train: int,
+    n_test: int,
+    side: int = 30,
+    loops: float = 0.1,
+    min_path: int = 0,
+    far: float = 0.75,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
+    """Generate a maze dataset (family "maze", vocab 6, dihedral augmentation on the fly); returns its directory.
+
+    Mazes are deduplicated and none is shared between train and test (this only matters for tiny sides).
+    """
+    need = n_train + n_test
+    q, a, lengths = generate(need + need // 8 + 8, side, loops, min_path, far, seed, workers)
+    flat = np.ascontiguousarray(q.reshape(len(q), -1))
+    _, first = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))), return_index=True)
+    keep = np.sort(first)[:need]
+    if len(keep) < need:
+        raise RuntimeError(f"only {len(keep)} distinct {side}x{side} mazes generated, {need} needed")
+    q, a, lengths = q[keep], a[keep], lengths[keep]
+    source: dict[str, object] = {
+        "generator": "training.data.maze.generate", "seed": seed, "side": side, "loops": loops,
+        "min_path": min_path, "far": far, "mean_path_length": float(lengths.mean()) if need else 0.0,
+    }
+    log.info("maze: %d train / %d test %dx%d mazes, mean path %.1f", n_train, n_test, side, side,
+             source["mean_path_length"])
+    desc = f"generated {side}x{side} mazes, unique shortest path >= {max(min_path, 2)} steps, loops p={loops}"
+    splits = {"train": _split(q[:n_train], a[:n_train], lengths[:n_train]),
+              "test": _split(q[n_train:], a[n_train:], lengths[n_train:])}
+    return save_dataset(out_dir, _meta(side, desc, source), splits)
+
+
+def build_from_csv(
+    out_dir: str | Path, train_csv: str | Path, test_csv: str | Path, test_limit: int | None = None
+) -> Path:
+    """Build from Maze-Hard CSVs (1000 train, 1000 test 30x30 mazes); path lengths come from the answers."""
+    (tq, ta, _), (eq, ea, _) = read_csv(train_csv), read_csv(test_csv, limit=test_limit)
+    side = tq.shape[-1]
+    if eq.shape[-1] != side:
+        raise ValueError(f"train mazes are {side}x{side} but test mazes are {eq.shape[-1]}x{eq.shape[-1]}")
+    steps = [(a == PATH).sum(axis=(1, 2)) + 1 for a in (ta, ea)]
+    source: dict[str, object] = {"train_csv": str(train_csv), "test_csv": str(test_csv), "test_limit": test_limit}
+    desc = f"Maze-Hard CSV: {len(tq)} train, {len(eq)} test {side}x{side} mazes"
+    splits = {"train": _split(tq, ta, steps[0]), "test": _split(eq, ea, steps[1])}
+    return save_dataset(out_dir, _meta(side, desc, source), splits)

@@ -1,0 +1,133 @@
+"""From a preset's `[data]` section (or an evaluation spec) to built, memory-mapped splits.
+
+Datasets are built once into the cache directory; `data_config.json` there records what was built, so a
+changed `[data]` section rebuilds instead of silently training on stale data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from model.config import TRMConfig
+from training.config import DataConfig, Preset
+from training.data import maze, sudoku
+from training.data.dataset import DatasetMeta, PuzzleSet, load_meta, load_split
+from training.sampler import Augment
+
+log = logging.getLogger(__name__)
+
+
+def _csv_pair(path: str) -> tuple[Path, Path]:
+    root = Path(path)
+    train, test = root / "train.csv", root / "test.csv"
+    for p in (train, test):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: this preset reads the public CSVs from data.path={path!r}")
+    return train, test
+
+
+def build(data: DataConfig, out: Path) -> Path:
+    """Run the builder `data.builder` into `out`."""
+    if data.builder == "sudoku":
+        return sudoku.build(
+            out, data.n_train, data.n_test, (data.givens_min, data.givens_max), data.seed, side=data.grid_size
+        )
+    if data.builder == "sudoku-csv":
+        train, test = _csv_pair(data.path)
+        return sudoku.build_from_csv(
+            out, train, test, subsample=data.subsample or None, test_limit=data.n_test or None, seed=data.seed
+        )
+    if data.builder == "maze":
+        return maze.build(
+            out,
+            data.n_train,
+            data.n_test,
+            side=data.grid_size,
+            loops=data.maze_loops,
+            min_path=data.min_path,
+            seed=data.seed,
+        )
+    if data.builder == "maze-csv":
+        train, test = _csv_pair(data.path)
+        return maze.build_from_csv(out, train, test, test_limit=data.n_test or None)
+    if data.builder == "arc":
+        from training.data import arc
+
+        return arc.build(
+            out,
+            source=data.arc_source,
+            num_aug=data.num_aug,
+            seed=data.seed,
+            max_tasks=data.arc_max_tasks or None,
+            side=data.grid_size,
+        )
+    raise ValueError(f"unknown data builder {data.builder!r}")
+
+
+def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | None]:
+    """The preset's dataset, built into its cache directory on first use."""
+    root = preset.cache_dir
+    stamp = root / "data_config.json"
+    wanted = asdict(preset.data)
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
+        if root.exists():
+            log.info("data config changed; rebuilding %s", root)
+            shutil.rmtree(root)
+        log.info("building dataset %s with builder %s", root, preset.data.builder)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        build(preset.data, root)
+        stamp.write_text(json.dumps(wanted, indent=2))
+    meta = load_meta(root)
+    test = load_split(root, "test") if (root / "test").is_dir() else None
+    return meta, load_split(root, "train"), test
+
+
+def augmentation_for(meta: DatasetMeta) -> Augment | None:
+    """The on-the-fly augmentation named in the dataset's meta."""
+    table: dict[str, Augment | None] = {
+        "sudoku": sudoku.augment_batch,
+        "dihedral": maze.augment_batch,
+        "none": None,
+    }
+    if meta.augment not in table:
+        raise ValueError(f"dataset asks for unknown augmentation {meta.augment!r}")
+    return table[meta.augment]
+
+
+def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
+    """Held-out puzzles for `training.evaluate`.
+
+    `spec` is a built dataset directory (its test split), a CSV file in the public Sudoku-Extreme / Maze-Hard
+    format, or `generate:sudoku:N:GMIN:GMAX[:SEED]` / `generate:maze:N:SIDE:MINPATH[:SEED]`.
+    """
+    if spec.startswith("generate:"):
+        parts = spec.split(":")
+        kind, nums = parts[1], [int(x) for x in parts[2:]]
+        tmp = Path(tempfile.mkdtemp(prefix="trm-eval-"))
+        seed = nums[3] if len(nums) > 3 else 12345
+        if kind == "sudoku":
+            side = int(config.seq_len**0.5)
+            sudoku.build(tmp, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
+        elif kind == "maze":
+            maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed)
+        else:
+            raise ValueError(f"cannot generate {kind!r} puzzles (sudoku or maze)")
+        return load_split(tmp, "test", mmap=False)
+    path = Path(spec)
+    if path.is_dir():
+        return load_split(path, "test")
+    if path.suffix == ".csv":
+        tmp = Path(tempfile.mkdtemp(prefix="trm-eval-"))
+        if config.family == "sudoku":
+            sudoku.build_from_csv(tmp, path, path)
+        elif config.family == "maze":
+            maze.build_from_csv(tmp, path, path)
+        else:
+            raise ValueError("CSV evaluation data is for Sudoku and maze models")
+        return load_split(tmp, "test", mmap=False)
+    raise FileNotFoundError(f"evaluation data {spec!r}: not a dataset directory, CSV file or generate: spec")
