@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from model.config import TRMConfig
+from model.hrm import HRM
 from model.trm import TRM
 
 
@@ -12,4 +13,6 @@ def build_model(config: TRMConfig) -> nn.Module:
     """A freshly initialised model of the architecture `config.arch` names."""
     if config.arch == "trm":
         return TRM(config)
+    if config.arch == "hrm":
+        return HRM(config)
     raise ValueError(f"unknown architecture {config.arch!r}")

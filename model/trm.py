@@ -34,14 +34,15 @@ class StepOutput(NamedTuple):
 class TRM(nn.Module):
     """Tiny Recursive Model with deep supervision and a learned halting head."""
 
+    arch = "trm"
     puzzle_emb: Tensor
     y_init: Tensor
     z_init: Tensor
 
     def __init__(self, config: TRMConfig) -> None:
         super().__init__()
-        if config.arch != "trm":
-            raise ValueError(f"TRM cannot build arch {config.arch!r}")
+        if config.arch != self.arch:
+            raise ValueError(f"{type(self).__name__} cannot build arch {config.arch!r}")
         self.config = config
         d = config.hidden_size
         self.embed_scale = math.sqrt(d)
@@ -64,13 +65,21 @@ class TRM(nn.Module):
         self.register_buffer("y_init", trunc_normal_(torch.empty(d), std=1.0))
         self.register_buffer("z_init", trunc_normal_(torch.empty(d), std=1.0))
 
-        self.net = ReasoningNet(config)
+        self.build_networks()
         self.lm_head = lecun_linear(d, config.vocab_size)
         # Q head starts at "almost surely continue" (sigmoid(-5) ~ 0.7%) so early training is not cut short.
         self.q_head = nn.Linear(d, 2, bias=True)
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
+
+    def build_networks(self) -> None:
+        """TRM: ONE network does both the latent and the answer update."""
+        self.net = ReasoningNet(self.config)
+
+    def halting_logit(self, q_halt: Tensor, q_continue: Tensor) -> Tensor:
+        """The logit whose sign decides halting at inference: TRM halts when q_halt > 0."""
+        return q_halt
 
     # ---------------------------------------------------------------- carry
     def initial_carry(self, batch_size: int, device: torch.device | None = None) -> Carry:

@@ -50,7 +50,7 @@ def run_steps(
         with autocast(inputs.device, dtype):
             out = model.step(carry, inputs, puzzle_ids)  # type: ignore[operator]
         carry = out.carry
-        yield step, out.logits.argmax(-1), out.q_halt.float()
+        yield step, out.logits.argmax(-1), model.halting_logit(out.q_halt, out.q_continue).float()  # type: ignore[operator]
 
 
 def evaluate_model(

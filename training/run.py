@@ -37,7 +37,7 @@ def dry_run(preset: Preset) -> dict[str, object]:
         "trainable_parameters": count_trainable_parameters(model),
         "puzzle_table_rows": cfg.num_puzzle_ids,
         "net_calls_per_step": cfg.h_cycles * (cfg.l_cycles + 1),
-        "grad_net_calls_per_step": cfg.l_cycles + 1,
+        "grad_net_calls_per_step": 2 if cfg.arch == "hrm" else cfg.l_cycles + 1,
         "sequence_length": cfg.total_len,
     }
     return summary

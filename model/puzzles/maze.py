@@ -55,18 +55,23 @@ def bfs_distances(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
     return dist
 
 
+def _as_tokens(grid: np.ndarray | list[str]) -> np.ndarray:
+    """Helpers take a token grid, or rows of characters as a convenience for callers holding raw mazes."""
+    return chars_to_tokens(grid) if isinstance(grid, list) else np.asarray(grid)
+
+
 def _find(grid: np.ndarray, token: int) -> tuple[int, int]:
     r, c = np.argwhere(grid == token)[0]
     return int(r), int(c)
 
 
-def shortest_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
-    """Cells of one shortest S->G path (both ends included) in a token grid, or None when G is unreachable.
+def shortest_path(grid: np.ndarray | list[str]) -> list[tuple[int, int]] | None:
+    """Cells of one shortest S->G path (both ends included), or None when G is unreachable.
 
     Walks back from G choosing the first neighbour one step closer in (up, down, left, right) order, so the result
     is deterministic even where several shortest paths exist.
     """
-    grid = np.asarray(grid)
+    grid = _as_tokens(grid)
     start, goal = _find(grid, START), _find(grid, GOAL)
     dist = bfs_distances(grid, start)
     if dist[goal] < 0:
@@ -83,9 +88,9 @@ def shortest_path(grid: np.ndarray) -> list[tuple[int, int]] | None:
     return path[::-1]
 
 
-def count_shortest_paths(grid: np.ndarray, cap: int = 2) -> int:
+def count_shortest_paths(grid: np.ndarray | list[str], cap: int = 2) -> int:
     """Number of distinct shortest S->G paths, saturating at `cap` (0 when unreachable)."""
-    grid = np.asarray(grid)
+    grid = _as_tokens(grid)
     start, goal = _find(grid, START), _find(grid, GOAL)
     dist = bfs_distances(grid, start)
     if dist[goal] < 0:

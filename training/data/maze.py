@@ -33,6 +33,13 @@ except ImportError:  # pragma: no cover - same code in plain Python, much slower
 
 
 log = logging.getLogger(__name__)
+
+
+def _fork_context() -> multiprocessing.context.BaseContext:
+    """Fork where the OS has it: workers inherit the compiled kernels instead of re-importing this module."""
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+
+
 CHUNK = 128  # mazes per generator task; fixed so output depends on the seed only, never on the worker count
 CSV_HEADER = ["source", "question", "answer", "rating"]
 
@@ -177,7 +184,7 @@ def generate(
         results = [_run_chunk(t) for t in tasks]
     else:
         _run_chunk((0, 1, 5, 0.0, 0, 0.5, 100))  # compile once before forking workers
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_fork_context()) as pool:
             results = list(pool.map(_run_chunk, tasks))
     if not results:
         return np.zeros((0, side, side), np.uint8), np.zeros((0, side, side), np.uint8), np.zeros(0, np.int32)

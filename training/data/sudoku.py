@@ -32,6 +32,13 @@ except ImportError:  # pragma: no cover - same code in plain Python, ~100x slowe
 
 
 log = logging.getLogger(__name__)
+
+
+def _fork_context() -> multiprocessing.context.BaseContext:
+    """Fork where the OS has it: workers inherit the compiled kernels instead of re-importing this module."""
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+
+
 CHUNK = 256  # puzzles per generator task; fixed so output depends on the seed only, never on the worker count
 CSV_HEADER = ["source", "question", "answer", "rating"]
 
@@ -58,7 +65,7 @@ def _propagate(grid, side, units, cell_units, popcnt, lowbit, cand, used):  # ty
     for u in range(3 * side):
         m = 0
         for k in range(side):
-            v = grid[units[u, k]]
+            v = int(grid[units[u, k]])  # int8 would overflow at 1 << 8 in plain Python
             if v > 0:
                 if m & (1 << (v - 1)):
                     return -1
@@ -259,7 +266,7 @@ def generate(
         results = [_run_chunk(t) for t in tasks]
     else:
         count_solutions(np.zeros((side, side), np.int8), limit=1)  # compile once before forking workers
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_fork_context()) as pool:
             results = list(pool.map(_run_chunk, tasks))
     shape = (n, side, side)
     puzzles = np.concatenate([r[0] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)

@@ -1,0 +1,172 @@
+"""MazeCodec: validation messages, wall padding to the model's side, cropping on decode, shortest-path checking."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.puzzles import CODECS, get_codec
+from model.puzzles.base import PuzzleError
+from model.puzzles.maze import (
+    WALL,
+    MazeCodec,
+    chars_to_tokens,
+    count_shortest_paths,
+    is_shortest_path_answer,
+    mark_path,
+    shortest_path,
+    tokens_to_chars,
+)
+
+MAZE = [
+    "S   #",
+    "### #",
+    "#   #",
+    "# ###",
+    "#   G",
+]
+ANSWER = [
+    "Sooo#",
+    "###o#",
+    "#ooo#",
+    "#o###",
+    "#oooG",
+]
+# Two equally short routes around the middle wall block.
+OPEN_MAZE = ["S   ", " ## ", " ## ", "   G"]
+
+
+@pytest.fixture
+def codec() -> MazeCodec:
+    return MazeCodec(900)
+
+
+def test_small_maze_is_padded_with_walls_and_decoded_back_to_its_size(codec: MazeCodec) -> None:
+    puzzle = codec.parse(MAZE)
+    tokens = codec.encode(puzzle)
+    assert tokens.shape == (900,) and tokens.dtype == np.uint8
+    grid = tokens.reshape(30, 30)
+    assert (grid[:5, :5] == chars_to_tokens(MAZE)).all()
+    assert (grid[5:, :] == WALL).all() and (grid[:, 5:] == WALL).all()
+    assert codec.decode(tokens, puzzle) == MAZE
+    label = codec.encode(mark_path(puzzle))
+    assert codec.decode(label, puzzle) == ANSWER
+    assert codec.verify(puzzle, codec.decode(label, puzzle))
+
+
+def test_tokens_follow_the_reference_alphabet() -> None:
+    assert chars_to_tokens(["# SGo"]).tolist() == [[1, 2, 3, 4, 5]]
+    assert tokens_to_chars(np.array([[0, 1, 2, 3, 4, 5, 9]])) == ["?# SGo?"]
+
+
+def test_full_size_maze_fills_the_sequence_exactly() -> None:
+    codec = MazeCodec(25)
+    assert (codec.encode(codec.parse(MAZE)) == chars_to_tokens(MAZE).reshape(-1)).all()
+
+
+@pytest.mark.parametrize("seq_len", [899, 0])
+def test_non_square_sequence_lengths_are_rejected(seq_len: int) -> None:
+    with pytest.raises(ValueError, match="square"):
+        MazeCodec(seq_len)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message", "field"),
+    [
+        (["    #", *MAZE[1:]], "maze has no S", "grid"),
+        ([*MAZE[:4], "#G  G"], "maze has 2 Gs", "grid"),
+        (["S  S#", *MAZE[1:]], "maze has 2 Ss", "grid"),
+        ([*MAZE[:4], "#   G "], "grid[4] has 6 characters, expected 5", "grid[4]"),
+        (MAZE[:4], "grid[0] has 5 characters, expected 4", "grid[0]"),
+        (["S" + " " * 34] + [" " * 35] * 33 + [" " * 34 + "G"], "maze is 35x35, larger than this model's 30x30",
+         "grid"),
+        ([*MAZE[:2], "#  x#", *MAZE[3:]], "grid[2][3] is 'x', expected one of '#', ' ', 'S', 'G'", "grid[2][3]"),
+        ([*MAZE[:2], "#  o#", *MAZE[3:]], "grid[2][3] is 'o', expected one of", "grid[2][3]"),
+        ([*MAZE[:2], "# →##", *MAZE[3:]], "grid[2][2] is '→', expected", "grid[2][2]"),
+        ([*MAZE[:2], "#\ud800  #", *MAZE[3:]], "grid[2][1] is '\\ud800', expected", "grid[2][1]"),
+        ([*MAZE[:2], "#\n  #", *MAZE[3:]], "grid[2][1] is '\\n', expected", "grid[2][1]"),
+        ([*MAZE[:2], "#####", *MAZE[3:]], "maze has no path from S to G", "grid"),
+        ([*MAZE[:2], 7, *MAZE[3:]], "grid[2] is not a string", "grid[2]"),
+        ("S G", "grid must be a non-empty list", "grid"),
+        ([], "grid must be a non-empty list", "grid"),
+    ],
+)
+def test_malformed_mazes_name_the_field_and_fault(codec: MazeCodec, raw: object, message: str, field: str) -> None:
+    with pytest.raises(PuzzleError) as err:
+        codec.parse(raw)
+    assert message in err.value.message
+    assert err.value.field == field
+
+
+def test_verify_accepts_any_shortest_path_and_rejects_everything_else() -> None:
+    codec = MazeCodec(16)
+    puzzle = codec.parse(OPEN_MAZE)
+    assert count_shortest_paths(puzzle) == 2
+    assert codec.verify(puzzle, ["Sooo", " ##o", " ##o", "   G"])
+    assert codec.verify(puzzle, ["S   ", "o## ", "o## ", "oooG"])
+    bad = [
+        ["Sooo", "o##o", "o##o", "oooG"],  # both routes: too many 'o'
+        ["Soo ", " ##o", " ##o", "   G"],  # right count minus one, broken
+        ["Sooo", " ##o", " ##o", "  oG"],  # one 'o' too many
+        ["Soo ", " ##o", " ##o", "o  G"],  # right count, but not connected
+        ["Sooo", " #oo", " ## ", "   G"],  # an 'o' on a wall
+        ["oooo", " ##o", " ##o", "   G"],  # S overwritten
+        ["Sooo", " ##o", " ##o", "   G", "    "],  # wrong shape
+        ["Sooo", " ##o", " ##o", "  xG"],  # foreign character
+        "Sooo ##o ##o   G",
+        None,
+    ]
+    for answer in bad:
+        assert codec.verify(puzzle, answer) is False, answer
+
+
+def test_shortest_path_helpers() -> None:
+    grid = chars_to_tokens(MAZE)
+    path = shortest_path(grid)
+    assert path is not None and path[0] == (0, 0) and path[-1] == (4, 4) and len(path) == 13
+    assert all(abs(a - c) + abs(b - d) == 1 for (a, b), (c, d) in itertools.pairwise(path))
+    assert count_shortest_paths(grid) == 1
+    walled = chars_to_tokens(["S#", "#G"])
+    assert shortest_path(walled) is None and count_shortest_paths(walled) == 0
+    with pytest.raises(ValueError, match="no path"):
+        mark_path(walled)
+
+
+@st.composite
+def _random_mazes(draw: st.DrawFn) -> np.ndarray:
+    side = draw(st.integers(2, 8))
+    walls = draw(st.lists(st.booleans(), min_size=side * side, max_size=side * side))
+    grid = np.where(np.array(walls).reshape(side, side), 1, 2).astype(np.uint8)
+    s, g = draw(st.lists(st.integers(0, side * side - 1), min_size=2, max_size=2, unique=True))
+    grid.flat[s], grid.flat[g] = 3, 4
+    return grid
+
+
+@settings(max_examples=60, deadline=None)
+@given(_random_mazes())
+def test_marked_shortest_path_verifies_and_a_detour_does_not(grid: np.ndarray) -> None:
+    codec = MazeCodec(64)
+    rows = tokens_to_chars(grid)
+    if shortest_path(grid) is None:
+        with pytest.raises(PuzzleError, match="no path"):
+            codec.parse(rows)
+        return
+    puzzle = codec.parse(rows)
+    label = mark_path(puzzle)
+    assert codec.verify(puzzle, tokens_to_chars(label))
+    assert is_shortest_path_answer(puzzle, label)
+    spare = np.argwhere(label == 2)
+    if len(spare):  # one more 'o' anywhere makes it longer than the shortest path
+        extra = label.copy()
+        extra[tuple(spare[0])] = 5
+        assert not codec.verify(puzzle, tokens_to_chars(extra))
+
+
+def test_registry_has_maze() -> None:
+    assert CODECS["maze"] is MazeCodec
+    codec = get_codec("maze", 900)
+    assert isinstance(codec, MazeCodec) and codec.side == 30 and codec.vocab_size == 6
