@@ -30,7 +30,7 @@ from model.trm import Carry, count_trainable_parameters
 from training.config import Preset
 from training.data.dataset import PuzzleSet
 from training.evaluate import autocast, evaluate_model
-from training.losses import act_loss
+from training.losses import act_loss, q_continue_target
 from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
 from training.sampler import Augment, BatchStream
 
@@ -185,7 +185,15 @@ class Trainer:
         )
         with autocast(self.device, self.dtype):
             out = self.step_fn(carry, inputs, puzzle_vectors=vectors)
-        loss = act_loss(out.logits, labels, out.q_halt, self.cfg.loss)
+        q_continue = target = None
+        if not self.config.no_act_continue:
+            # HRM's bootstrapped Q-learning target for "continue": a second, gradient-free pass from the new carry
+            # scores the next step; at the last allowed step only halting remains, so its value is the target.
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                nxt = self.step_fn(out.carry, inputs, puzzle_vectors=vectors.detach())
+            target = q_continue_target(nxt.q_halt, nxt.q_continue, steps + 1 >= self.config.halt_max_steps)
+            q_continue = out.q_continue
+        loss = act_loss(out.logits, labels, out.q_halt, self.cfg.loss, q_continue, target)
         (loss.total / self.cfg.global_batch_size).backward()
 
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -215,7 +223,8 @@ class Trainer:
         with torch.no_grad():
             steps = steps + 1
             max_steps = self.config.halt_max_steps
-            halted = (steps >= max_steps) | (out.q_halt.detach() > 0)
+            halt_logit = self.model.halting_logit(out.q_halt.detach(), out.q_continue.detach())  # type: ignore[operator]
+            halted = (steps >= max_steps) | (halt_logit > 0)
             # Exploration, drawn for the global batch so every rank sees the same numbers.
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
             explore = torch.rand(self.cfg.global_batch_size, generator=gen)[sl] < self.config.halt_exploration_prob

@@ -38,6 +38,16 @@ def softmax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return torch.where(valid, loss, torch.zeros_like(loss))
 
 
+def q_continue_target(next_q_halt: Tensor, next_q_continue: Tensor, is_last: Tensor) -> Tensor:
+    """HRM's bootstrapped target for the continue head: the value of the best action at the next step.
+
+    sigmoid(next q_halt) where the next step is the last allowed one (only halting is left), otherwise
+    sigmoid(max(next q_halt, next q_continue)).
+    """
+    best = torch.where(is_last, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+    return torch.sigmoid(best.float())
+
+
 @dataclass
 class ACTLoss:
     total: Tensor  # summed over the batch; backprop total / global_batch_size

@@ -43,3 +43,37 @@ def test_config_json_names_the_architecture(tmp_path):
     save_checkpoint(model, model.config, tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert isinstance(loaded.model, HRM) and loaded.config.arch == "hrm"
+
+
+def test_q_continue_target_matches_a_hand_computed_example():
+    from training.losses import q_continue_target
+
+    next_halt = torch.tensor([2.0, -1.0, 0.0])
+    next_cont = torch.tensor([1.0, 3.0, 5.0])
+    is_last = torch.tensor([False, False, True])
+    expected = torch.sigmoid(torch.tensor([2.0, 3.0, 0.0]))  # max, max, halt only at the last step
+    assert torch.allclose(q_continue_target(next_halt, next_cont, is_last), expected)
+
+
+def test_hrm_trains_through_the_shared_loop(tmp_path):
+    import numpy as np
+
+    from training.config import load_preset
+    from training.data.dataset import PuzzleSet
+    from training.loop import Trainer
+
+    preset = load_preset(
+        "sudoku-4x4-tiny",
+        ["model.arch='hrm'", "model.puzzle_emb_len=1", "model.no_act_continue=false", "train.ema=false"],
+    )
+    rng = np.random.default_rng(0)
+    data = PuzzleSet(
+        rng.integers(1, 6, (64, 16)).astype(np.uint8), rng.integers(2, 6, (64, 16)).astype(np.uint8),
+        np.zeros(64, np.int32), np.arange(64, dtype=np.int32),
+    )
+    trainer = Trainer(preset, data, None, tmp_path)
+    assert isinstance(trainer.model, HRM)
+    first = trainer.train_step()
+    for _ in range(3):
+        last = trainer.train_step()
+    assert np.isfinite(first["lm_loss"]) and np.isfinite(last["lm_loss"])
