@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 
 from server.limits import BodyLimitMiddleware
 from server.metrics import Metrics
@@ -28,6 +30,7 @@ from server.solve import ApiError, Prepared, Solver, job_error
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 POLL_S = 0.1  # how often a waiting request checks whether its client went away
+SAMPLE_KINDS = ("sudoku", "maze", "arc")
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -258,7 +261,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return FileResponse(page)
         return JSONResponse({"service": "trm", "docs": "/docs"})
 
+    samples = _load_samples(STATIC / "samples.json")
+
+    @app.get("/puzzles/random", responses={code: {"model": ErrorBody} for code in (404, 422)})
+    async def random_puzzle(kind: str | None = None, max_side: int | None = None) -> dict[str, Any]:
+        """An example puzzle from server/static/samples.json (made by `python -m training.data.samples`)."""
+        if kind not in SAMPLE_KINDS:
+            got = "missing" if kind is None else f"{kind!r}"
+            raise ApiError(422, "invalid_request", f"kind must be one of {', '.join(SAMPLE_KINDS)}; got {got}", "kind")
+        pool = samples.get(kind, [])
+        if kind == "maze" and max_side is not None:
+            pool = [m for m in pool if len(m) <= max_side]
+        if not pool:
+            raise ApiError(404, "no_sample", f"no {kind} sample available", "kind" if max_side is None else "max_side")
+        index = secrets.randbelow(len(pool))
+        if kind == "arc":
+            return {"puzzle": "arc", "task": pool[index]["task"], "task_id": pool[index]["task_id"]}
+        return {"puzzle": kind, "grid": pool[index]}
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _load_samples(path: Path) -> dict[str, list[Any]]:
+    """Example puzzles by kind; Sudoku strings become 9x9 int grids, the request format most clients send."""
+    if not path.is_file():
+        log.warning("%s not found: /puzzles/random will answer 404", path)
+        return {}
+    data = json.loads(path.read_text())
+    out = {kind: list(data.get(kind, [])) for kind in SAMPLE_KINDS}
+    out["sudoku"] = [[[int(ch) for ch in s[r * 9 : r * 9 + 9]] for r in range(9)] for s in out["sudoku"]]
+    return out
 
 
 def _stream(service: Service, req: SolveRequest, request: Request) -> StreamingResponse:

@@ -150,7 +150,7 @@ class TorchEngine(Engine):
         self.y[real] = out.carry.y[:k].to(self.dtype)
         self.z[real] = out.carry.z[:k].to(self.dtype)
         logits = out.logits[:k]
-        q_halt = out.q_halt[:k].float()
+        q_halt = self.model.halting_logit(out.q_halt[:k], out.q_continue[:k]).float()  # type: ignore[operator]
         finite = torch.isfinite(logits).flatten(1).all(dim=1) & torch.isfinite(q_halt)
         return StepResult(
             tokens=logits.argmax(-1).cpu().numpy(),

@@ -137,6 +137,14 @@ def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
     }
 
 
+def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
+    """Merge an evaluation into the checkpoint's metrics.json, which /models reports as the card's accuracy."""
+    path = weights / "metrics.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = {k: v for k, v in summary.items() if k != "weights"}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_checkpoint
     from training.data.sources import load_eval_data
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -165,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    result = evaluate_model(
-        model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=sys.stderr.isatty() or True
-    )
+    result = evaluate_model(model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True)
     summary = {"weights": str(Path(args.weights)), "data": args.data, **headline(result, args.halt)}
+    if args.record:
+        record_metrics(Path(args.weights), args.record, summary)
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

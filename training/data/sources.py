@@ -13,7 +13,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from model.config import TRMConfig
+from model.puzzles.maze import WALL
 from training.config import DataConfig, Preset
 from training.data import maze, sudoku
 from training.data.dataset import DatasetMeta, PuzzleSet, load_meta, load_split
@@ -99,6 +102,20 @@ def augmentation_for(meta: DatasetMeta) -> Augment | None:
     return table[meta.augment]
 
 
+def pad_mazes(data: PuzzleSet, side: int, model_side: int) -> PuzzleSet:
+    """Lay smaller mazes into a larger model's grid the way the server does: walls around, the padding unscored."""
+    if side == model_side:
+        return data
+    if side > model_side:
+        raise ValueError(f"{side}x{side} mazes do not fit a {model_side}x{model_side} model")
+    n = len(data)
+    inputs = np.full((n, model_side, model_side), WALL, dtype=np.uint8)
+    labels = np.zeros((n, model_side, model_side), dtype=np.uint8)
+    inputs[:, :side, :side] = np.asarray(data.inputs).reshape(n, side, side)
+    labels[:, :side, :side] = np.asarray(data.labels).reshape(n, side, side)
+    return PuzzleSet(inputs.reshape(n, -1), labels.reshape(n, -1), data.puzzle_ids, data.groups, dict(data.extras))
+
+
 def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     """Held-out puzzles for `training.evaluate`.
 
@@ -115,6 +132,7 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
             sudoku.build(tmp, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
         elif kind == "maze":
             maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed)
+            return pad_mazes(load_split(tmp, "test", mmap=False), nums[1], config.grid_side)
         else:
             raise ValueError(f"cannot generate {kind!r} puzzles (sudoku or maze)")
         return load_split(tmp, "test", mmap=False)
