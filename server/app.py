@@ -177,6 +177,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
         field = _field_of(tuple(first.get("loc", ())))
         message = f"{field}: {first.get('msg', 'invalid')}"
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset): name the body, not "[30]"
+            field = "body"
+            ctx = first.get("ctx")
+            reason = ctx.get("error", "decode error") if isinstance(ctx, dict) else "decode error"
+            offset = tuple(first.get("loc", ("body", "?")))[-1]
+            message = f"body is not valid JSON: {reason} at character {offset}"
         return JSONResponse(
             ErrorBody(error="invalid_request", message=message, field=field).model_dump(), status_code=422
         )

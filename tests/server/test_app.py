@@ -1,0 +1,472 @@
+"""The HTTP app in-process (lifespan included) against tiny untrained checkpoints.
+
+Untrained models give wrong answers, so nothing here checks that a puzzle is solved: these tests pin the contract
+of shared/DESIGN.md (shapes, steps, halting, errors naming the field, auth, limits, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.checkpoint import sha256_file
+from server.app import create_app
+from server.settings import Settings
+from tests.server.conftest import MAZE_10, SOLVED, sudoku_puzzle, write_checkpoint, write_tiny_weights
+
+MAX_BODY = 16 * 1024
+ARC_TASK = {
+    "train": [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}],
+    "test": [{"input": [[5, 6], [7, 8]]}],
+}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sudoku-tiny, maze-tiny (10x10), arc-tiny (10x10), and sudoku-tiny-halts whose halting head fires at once."""
+    weights = write_tiny_weights(tmp_path_factory.mktemp("weights"))
+    write_checkpoint(weights / "sudoku-tiny-halts", "sudoku", 81, seed=4, q_halt_bias=5.0)
+    return weights
+
+
+def make_settings(weights: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = dict(weights_dir=weights, threads=1, slots=8, max_body_bytes=MAX_BODY)
+    return Settings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def client(weights: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(weights))) as client:
+        yield client
+
+
+def solve(client: TestClient, **body: Any) -> httpx.Response:
+    return client.post("/solve", json=body)
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) >= {"error", "message", "field"}, body
+    return body
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """Value of one sample in /metrics (0 when the labelled series does not exist yet)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- solving
+def test_solve_sudoku_list_of_lists_answers_the_contract_shape(client: TestClient) -> None:
+    response = solve(client, puzzle="sudoku", grid=sudoku_puzzle())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "sudoku-tiny" and body["puzzle"] == "sudoku"
+    assert len(body["solution"]) == 9 and all(len(r) == 9 and all(0 <= v <= 9 for v in r) for r in body["solution"])
+    assert body["steps_used"] == 6 and body["halted_by"] == "max_steps"  # untrained head never halts: N_sup = 6
+    assert 0.0 <= body["halt_probability"] < 0.5
+    assert body["verified"] is False
+    assert set(body["timing"]) == {"queue_ms", "compute_ms", "total_ms"}
+    assert 0 <= body["timing"]["compute_ms"] <= body["timing"]["total_ms"]
+    assert body["steps"] is None and isinstance(body["id"], str) and body["id"]
+
+
+def test_sudoku_string_with_dots_gives_the_same_answer_as_the_grid(client: TestClient) -> None:
+    grid = sudoku_puzzle(seed=5)
+    text = "".join("." if v == 0 else str(v) for row in grid for v in row)
+    zeros = text.replace(".", "0")
+    answers = [solve(client, puzzle="sudoku", grid=g).json() for g in (grid, text, zeros)]
+    assert answers[0]["solution"] == answers[1]["solution"] == answers[2]["solution"]
+
+
+def test_solve_maze_returns_rows_of_the_requested_size(client: TestClient) -> None:
+    body = solve(client, puzzle="maze", grid=MAZE_10).json()
+    assert body["model"] == "maze-tiny" and body["puzzle"] == "maze"
+    assert len(body["solution"]) == 10 and all(isinstance(r, str) and len(r) == 10 for r in body["solution"])
+    assert body["verified"] is False
+
+
+def test_smaller_maze_is_answered_at_its_own_size(client: TestClient) -> None:
+    maze = ["#######", "#S    #", "# ### #", "#   # #", "### # #", "#    G#", "#######"]
+    body = solve(client, puzzle="maze", grid=maze).json()
+    assert len(body["solution"]) == 7 and all(len(r) == 7 for r in body["solution"])
+
+
+def test_solve_arc_returns_one_attempt_pair_per_test_input(client: TestClient) -> None:
+    task = copy.deepcopy(ARC_TASK)
+    task["test"].append({"input": [[1]]})
+    body = solve(client, puzzle="arc", task=task, task_id="task-a").json()
+    assert body["model"] == "arc-tiny" and body["verified"] is None
+    assert len(body["solution"]) == 2 and all(set(s) == {"attempt_1", "attempt_2"} for s in body["solution"])
+
+
+def test_unknown_arc_task_id_is_404_naming_task_id(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="arc", task=ARC_TASK, task_id="never-seen"), 404)
+    assert err["field"] == "task_id" and "never-seen" in err["message"]
+
+
+def test_return_steps_lists_steps_one_to_steps_used_with_changed_cells(client: TestClient) -> None:
+    body = solve(client, puzzle="sudoku", grid=sudoku_puzzle(), max_steps=5, return_steps=True).json()
+    steps = body["steps"]
+    assert [s["step"] for s in steps] == list(range(1, body["steps_used"] + 1)) == [1, 2, 3, 4, 5]
+    assert steps[-1]["solution"] == body["solution"]
+    assert steps[-1]["halt_probability"] == pytest.approx(body["halt_probability"], abs=1e-6)
+    assert sorted(map(tuple, steps[0]["changed_cells"])) == [(r, c) for r in range(9) for c in range(9)]
+    for before, after in itertools.pairwise(steps):
+        differ = [[r, c] for r in range(9) for c in range(9) if before["solution"][r][c] != after["solution"][r][c]]
+        assert sorted(after["changed_cells"]) == differ
+
+
+def test_adaptive_halting_stops_when_the_head_fires_and_never_uses_exactly_max_steps(client: TestClient) -> None:
+    grid = sudoku_puzzle()
+    adaptive = solve(client, puzzle="sudoku", model="sudoku-tiny-halts", grid=grid, max_steps=9).json()
+    assert adaptive["steps_used"] == 1 and adaptive["halted_by"] == "q_head" and adaptive["halt_probability"] > 0.5
+    never = solve(
+        client, puzzle="sudoku", model="sudoku-tiny-halts", grid=grid, max_steps=9, halt="never", return_steps=True
+    ).json()
+    assert never["steps_used"] == 9 and never["halted_by"] == "max_steps" and len(never["steps"]) == 9
+
+
+def test_stream_sends_one_step_event_per_step_then_the_result(client: TestClient) -> None:
+    with client.stream("POST", "/solve", json={"puzzle": "maze", "grid": MAZE_10, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse("".join(response.iter_text()))
+    names = [name for name, _ in events]
+    assert names == ["step"] * (len(names) - 1) + ["result"]
+    result = events[-1][1]
+    assert [data["step"] for _, data in events[:-1]] == list(range(1, result["steps_used"] + 1))
+    assert result["steps"] is None  # the steps went out as events
+
+
+def parse_sse(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for chunk in text.split("\n\n"):
+        lines = [line for line in chunk.splitlines() if line]
+        if lines:
+            name = next(line[len("event:") :].strip() for line in lines if line.startswith("event:"))
+            data = "\n".join(line[len("data:") :].strip() for line in lines if line.startswith("data:"))
+            events.append((name, json.loads(data)))
+    return events
+
+
+def test_batch_keeps_order_and_reports_errors_per_item(client: TestClient) -> None:
+    bad_maze = [*MAZE_10[:3], "#  x   # #", *MAZE_10[4:]]
+    requests = [
+        {"puzzle": "maze", "grid": MAZE_10},
+        {"puzzle": "maze", "grid": bad_maze},
+        {"puzzle": "sudoku", "grid": sudoku_puzzle(), "max_steps": 2},
+        {"puzzle": "sudoku", "grid": sudoku_puzzle(), "model": "nope"},
+    ]
+    response = client.post("/solve/batch", json={"requests": requests})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 422, 200, 404]
+    assert results[0]["result"]["puzzle"] == "maze" and results[2]["result"]["puzzle"] == "sudoku"
+    assert results[2]["result"]["steps_used"] == 2
+    assert results[1]["result"] is None and results[1]["error"]["field"] == "requests[1].grid[3][3]"
+    assert "'x'" in results[1]["error"]["message"]
+    assert results[3]["error"]["error"] == "unknown_model" and results[3]["error"]["field"] == "requests[3].model"
+
+
+def test_batch_refuses_streaming_and_too_many_requests(weights: Path) -> None:
+    with TestClient(create_app(make_settings(weights, max_batch_requests=2))) as client:
+        one = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "max_steps": 1}
+        err = error_of(client.post("/solve/batch", json={"requests": [one] * 3}), 422)
+        assert err["field"] == "requests" and "at most 2" in err["message"]
+        err = error_of(client.post("/solve/batch", json={"requests": [{**one, "stream": True}]}), 422)
+        assert "stream" in err["message"]
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+def test_models_lists_every_loaded_checkpoint(client: TestClient, weights: Path) -> None:
+    response = client.get("/models")
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()["models"]}
+    assert set(models) == {"sudoku-tiny", "sudoku-tiny-halts", "maze-tiny", "arc-tiny"}
+    assert {n: m["puzzle"] for n, m in models.items()} == {
+        "sudoku-tiny": "sudoku",
+        "sudoku-tiny-halts": "sudoku",
+        "maze-tiny": "maze",
+        "arc-tiny": "arc",
+    }
+    for name, model in models.items():
+        assert model["config"]["hidden_size"] == 32 and model["config"]["num_heads"] == 4
+        assert "training" not in model["config"]
+        assert isinstance(model["trainable_parameters"], int) and model["trainable_parameters"] > 0
+        assert model["sha256"] == sha256_file(weights / name / "model.safetensors")
+        assert model["backend"] == "torch"
+    assert models["maze-tiny"]["config"]["seq_len"] == 100
+
+
+def test_health_endpoints_answer_200_when_loaded(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_metrics_parse_and_request_counter_moves_after_a_solve(client: TestClient) -> None:
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {"trm_requests", "trm_request_duration_seconds", "trm_queue_length", "trm_halts"} <= names
+    assert all(name.startswith("trm_") for name in names)
+
+    before = metric(client, "trm_requests_total", model="maze-tiny", outcome="ok")
+    halts = metric(client, "trm_halts_total", model="maze-tiny", reason="max_steps")
+    assert solve(client, puzzle="maze", grid=MAZE_10).status_code == 200
+    assert metric(client, "trm_requests_total", model="maze-tiny", outcome="ok") == before + 1
+    assert metric(client, "trm_halts_total", model="maze-tiny", reason="max_steps") == halts + 1
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_sudoku_with_eight_rows_is_422_naming_grid(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=SOLVED[:8]), 422)
+    assert err["field"] == "grid" and "8 rows" in err["message"] and err["error"] == "invalid_puzzle"
+
+
+def test_sudoku_row_of_ten_is_422_naming_the_row(client: TestClient) -> None:
+    grid = sudoku_puzzle()
+    grid[3] = [*grid[3], 0]
+    err = error_of(solve(client, puzzle="sudoku", grid=grid), 422)
+    assert err["field"] == "grid[3]" and "10 cells" in err["message"]
+
+
+def test_sudoku_string_of_wrong_length_is_422(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid="." * 80), 422)
+    assert err["field"] == "grid" and "80 characters" in err["message"]
+
+
+@pytest.mark.parametrize("value", [12, -1, 1.5, True, "5", None])
+def test_sudoku_value_out_of_range_is_422_naming_the_cell(client: TestClient, value: Any) -> None:
+    grid = sudoku_puzzle()
+    grid[0][2] = value
+    err = error_of(solve(client, puzzle="sudoku", grid=grid), 422)
+    assert err["field"] == "grid[0][2]" and "0..9" in err["message"]
+
+
+def test_sudoku_with_two_fives_in_a_row_names_the_row(client: TestClient) -> None:
+    grid = [[0] * 9 for _ in range(9)]
+    grid[4][1] = grid[4][7] = 5
+    err = error_of(solve(client, puzzle="sudoku", grid=grid), 422)
+    assert err["message"] == "row 5 has two 5s" and err["field"] == "grid[4][7]"
+
+
+def test_sudoku_with_a_repeated_digit_in_a_column_names_the_column(client: TestClient) -> None:
+    grid = [[0] * 9 for _ in range(9)]
+    grid[0][6] = grid[8][6] = 3
+    err = error_of(solve(client, puzzle="sudoku", grid=grid), 422)
+    assert err["message"] == "column 7 has two 3s"
+
+
+@pytest.mark.parametrize("char", ["x", ".", "é", "😀", "o"])
+def test_maze_with_a_bad_character_names_the_cell(client: TestClient, char: str) -> None:
+    maze = list(MAZE_10)
+    maze[2] = maze[2][:4] + char + maze[2][5:]
+    err = error_of(solve(client, puzzle="maze", grid=maze), 422)
+    assert err["field"] == "grid[2][4]" and repr(char) in err["message"]
+
+
+def test_maze_without_start_is_422(client: TestClient) -> None:
+    maze = [row.replace("S", " ") for row in MAZE_10]
+    err = error_of(solve(client, puzzle="maze", grid=maze), 422)
+    assert err["field"] == "grid" and "no S" in err["message"]
+
+
+def test_maze_with_ragged_rows_names_the_row(client: TestClient) -> None:
+    maze = [*MAZE_10[:5], MAZE_10[5][:-1], *MAZE_10[6:]]
+    err = error_of(solve(client, puzzle="maze", grid=maze), 422)
+    assert err["field"] == "grid[5]"
+
+
+def test_maze_larger_than_every_model_is_422_naming_the_size(client: TestClient) -> None:
+    maze = ["#" * 12] + ["#S" + " " * 8 + "G#"] + ["#" * 12] * 10
+    err = error_of(solve(client, puzzle="maze", grid=maze), 422)
+    assert err["field"] == "grid" and "12x12" in err["message"] and "10x10" in err["message"]
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(31, 2), (11, 11)])
+def test_arc_grid_larger_than_the_model_canvas_is_422_naming_the_size(client: TestClient, rows: int, cols: int) -> None:
+    task = copy.deepcopy(ARC_TASK)
+    task["test"][0]["input"] = [[1] * cols for _ in range(rows)]
+    err = error_of(solve(client, puzzle="arc", task=task), 422)
+    assert err["field"] == "task.test[0].input" and f"{rows}x{cols}" in err["message"]
+
+
+def test_arc_bad_colour_names_its_path(client: TestClient) -> None:
+    task = copy.deepcopy(ARC_TASK)
+    task["train"][0]["output"][1][0] = 10
+    err = error_of(solve(client, puzzle="arc", task=task), 422)
+    assert err["field"] == "task.train[0].output[1][0]"
+
+
+def test_missing_grid_is_422_naming_grid(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku"), 422)
+    assert err["field"] == "grid"
+    err = error_of(solve(client, puzzle="arc", grid=[[1]]), 422)
+    assert err["field"] == "task"
+
+
+def test_unknown_model_is_404_naming_model(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=sudoku_puzzle(), model="sudoku-huge"), 404)
+    assert err["field"] == "model" and err["error"] == "unknown_model" and "sudoku-huge" in err["message"]
+
+
+def test_model_of_another_family_is_422_naming_model(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=sudoku_puzzle(), model="maze-tiny"), 422)
+    assert err["field"] == "model" and "maze" in err["message"]
+
+
+def test_model_name_that_looks_like_a_path_is_422(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=sudoku_puzzle(), model="../weights/sudoku-tiny"), 422)
+    assert err["field"] == "model"
+
+
+def test_unknown_top_level_field_is_422_naming_it(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=sudoku_puzzle(), colour="red"), 422)
+    assert err["field"] == "colour" and "colour" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"puzzle": "chess", "grid": []}, "puzzle"),
+        ({"grid": SOLVED}, "puzzle"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "halt": "sometimes"}, "halt"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "max_steps": 0}, "max_steps"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "return_steps": "lots"}, "return_steps"),
+    ],
+)
+def test_schema_errors_are_422_naming_the_field(client: TestClient, body: dict[str, Any], field: str) -> None:
+    err = error_of(client.post("/solve", json=body), 422)
+    assert err["field"] == field and err["message"].startswith(field)
+
+
+def test_max_steps_over_the_limit_is_422(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="sudoku", grid=sudoku_puzzle(), max_steps=65), 422)
+    assert err["field"] == "max_steps" and "65" in err["message"] and "64" in err["message"]
+
+
+def test_invalid_json_is_422_naming_the_body(client: TestClient) -> None:
+    response = client.post("/solve", content=b'{"puzzle": "sudoku", "grid": [', headers=JSON)
+    err = error_of(response, 422)
+    assert err["field"] == "body" and "JSON" in err["message"]
+
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type_is_415(client: TestClient, ctype: str | None) -> None:
+    headers = {"content-type": ctype} if ctype else {}
+    body = json.dumps({"puzzle": "sudoku", "grid": SOLVED}).encode()
+    err = error_of(client.post("/solve", content=body, headers=headers), 415)
+    assert "application/json" in err["message"]
+
+
+def test_body_over_the_limit_is_413(client: TestClient) -> None:
+    body = json.dumps({"puzzle": "sudoku", "grid": "." * (MAX_BODY * 2)}).encode()
+    err = error_of(client.post("/solve", content=body, headers=JSON), 413)
+    assert err["field"] == "body" and str(MAX_BODY) in err["message"]
+
+
+def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"puzzle": "sudoku", "grid": "'
+        for _ in range(8):
+            yield b"." * 4096
+        yield b'"}'
+
+    response = client.post("/solve", content=chunks(), headers=JSON)
+    assert "content-length" not in response.request.headers
+    err = error_of(response, 413)
+    assert err["field"] == "body"
+
+
+def test_chunked_body_under_the_limit_is_served(client: TestClient) -> None:
+    body = json.dumps({"puzzle": "sudoku", "grid": sudoku_puzzle(), "max_steps": 1}).encode()
+    response = client.post("/solve", content=iter([body[:100], body[100:]]), headers=JSON)
+    assert response.status_code == 200, response.text
+
+
+# ---------------------------------------------------------------------------------------------------- limits
+async def _concurrent(app: FastAPI, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """Run the app's lifespan and send `bodies` to /solve all at once."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as ac:
+            return list(await asyncio.gather(*(ac.post("/solve", json=b) for b in bodies)))
+
+
+def test_full_queue_is_503_with_retry_after(weights: Path) -> None:
+    app = create_app(make_settings(weights, slots=1, queue_capacity=1))
+    body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "halt": "never", "max_steps": 64}
+    responses = asyncio.run(_concurrent(app, [body] * 6))
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+    full = next(r for r in responses if r.status_code == 503)
+    assert full.headers["retry-after"] == "1" and full.json()["error"] == "queue_full"
+
+
+def test_past_deadline_is_504_with_the_partial_answer(weights: Path) -> None:
+    app = create_app(make_settings(weights, request_timeout_s=0.1))
+    body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "halt": "never", "max_steps": 64}
+    responses = asyncio.run(_concurrent(app, [body] * 4))  # 64 batched steps take far longer than 0.1 s
+    errors = [error_of(r, 504) for r in responses]
+    assert {e["error"] for e in errors} == {"deadline_exceeded"}
+    partial = [e["partial"] for e in errors if "partial" in e]
+    assert partial and all(p["halted_by"] == "deadline" and 1 <= p["steps_used"] < 64 for p in partial)
+
+
+# ---------------------------------------------------------------------------------------------------- auth
+@pytest.fixture(scope="module")
+def keyed(weights: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(weights, api_key="s3cret"))) as client:
+        yield client
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "s3cret", "Basic s3cret", "Bearer s3cret2"])
+def test_solve_without_the_right_bearer_key_is_401(keyed: TestClient, header: str | None) -> None:
+    headers = {"authorization": header} if header else {}
+    body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "max_steps": 1}
+    for path, payload in (("/solve", body), ("/solve/batch", {"requests": [body]})):
+        response = keyed.post(path, json=payload, headers=headers)
+        err = error_of(response, 401)
+        assert err["error"] == "unauthorized" and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_solve_with_the_bearer_key_is_200(keyed: TestClient) -> None:
+    body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "max_steps": 1}
+    assert keyed.post("/solve", json=body, headers={"authorization": "Bearer s3cret"}).status_code == 200
+    assert keyed.post("/solve", json=body, headers={"authorization": "bearer s3cret"}).status_code == 200
+
+
+def test_health_metrics_and_models_stay_open_with_a_key_unless_protected(keyed: TestClient) -> None:
+    for path in ("/health/live", "/health/ready", "/metrics", "/models"):
+        assert keyed.get(path).status_code == 200, path
+
+
+def test_protect_metrics_requires_the_key_for_metrics_and_models_but_not_health(weights: Path) -> None:
+    with TestClient(create_app(make_settings(weights, api_key="s3cret", protect_metrics=True))) as client:
+        for path in ("/metrics", "/models"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"authorization": "Bearer s3cret"}).status_code == 200, path
+        for path in ("/health/live", "/health/ready"):
+            assert client.get(path).status_code == 200, path

@@ -1,0 +1,383 @@
+"""The step scheduler driven tick by tick with a real TorchEngine on a tiny Sudoku model.
+
+An untrained model's halting head says "continue" (q_halt ~ -5), so left alone every puzzle runs to max_steps.
+Halting, failures and NaNs are steered through the engine's `hooks`, the test-only control point: a hook sees the
+slots of a step and may return a changed StepResult.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model.puzzles import get_codec
+from model.trm import Carry
+from server.engine import StepResult, TorchEngine
+from server.scheduler import Draining, HaltReason, Job, ModelScheduler, QueueFull, Scheduler
+from tests.server.conftest import sudoku_puzzle, tiny_model
+
+CODEC = get_codec("sudoku", 81)
+
+
+def make_engine(slots: int = 4, seed: int = 0) -> TorchEngine:
+    model, config = tiny_model("sudoku", 81, seed=seed)
+    return TorchEngine(model, config, slots, torch.device("cpu"))
+
+
+def make_job(engine: TorchEngine, seed: int = 0, max_steps: int = 6, **kwargs: object) -> Job:
+    tokens = CODEC.encode(CODEC.parse(sudoku_puzzle(seed=seed))).astype(np.int64)
+    return Job(tokens=tokens, vector=engine.vector_for(0), max_steps=max_steps, **kwargs)  # type: ignore[arg-type]
+
+
+class Steer:
+    """Engine hook: makes chosen jobs halt (q_halt +20) or go non-finite at chosen steps, and logs every step."""
+
+    def __init__(self, sched: ModelScheduler) -> None:
+        self.sched = sched
+        self.halt_at: dict[int, int] = {}  # job id -> step at which its halting head fires
+        self.nan_at: dict[int, int] = {}  # job id -> step whose result is marked non-finite
+        self.batches: list[list[int]] = []  # job ids of every step, in slot order
+
+    def __call__(self, slots: Sequence[int], result: StepResult | None) -> StepResult | None:
+        if result is None:
+            return None
+        jobs = [self.sched.slots[s] for s in slots]
+        assert all(job is not None for job in jobs)
+        self.batches.append([job.id for job in jobs if job is not None])
+        q_halt, finite = result.q_halt.copy(), result.finite.copy()
+        for row, job in enumerate(jobs):
+            assert job is not None
+            step = job.steps_used + 1  # the scheduler counts the step after the engine returns
+            if self.halt_at.get(job.id) == step:
+                q_halt[row] = 20.0
+            if self.nan_at.get(job.id) == step:
+                finite[row] = False
+        return replace(result, q_halt=q_halt, finite=finite)
+
+
+def scheduler(slots: int = 2, capacity: int = 8, policy: str = "continuous") -> tuple[ModelScheduler, Steer]:
+    sched = ModelScheduler("sudoku-tiny", make_engine(slots), capacity, policy=policy)  # type: ignore[arg-type]
+    steer = Steer(sched)
+    sched.engine.hooks.append(steer)
+    return sched, steer
+
+
+def test_freed_slot_is_refilled_from_queue_on_next_tick_while_others_keep_running() -> None:
+    sched, steer = scheduler(slots=2)
+    a, b, c = (make_job(sched.engine, seed=i, max_steps=10) for i in range(3))
+    steer.halt_at[a.id] = 2
+    for job in (a, b, c):
+        sched.submit(job)
+
+    sched.tick()
+    assert sched.slots == [a, b] and list(sched.queue) == [c]
+    assert sched.tick() == [a]
+    assert a.halted_by is HaltReason.Q_HEAD and a.steps_used == 2
+    assert sched.slots == [None, b] and c.started_at is None
+
+    assert sched.tick() == []
+    assert sched.slots == [c, b] and not sched.queue
+    assert (b.steps_used, c.steps_used) == (3, 1)
+    assert steer.batches == [[a.id, b.id], [a.id, b.id], [c.id, b.id]]
+
+
+def test_puzzle_halting_at_step_k_gets_exactly_k_step_states() -> None:
+    sched, steer = scheduler(slots=2)
+    early = make_job(sched.engine, seed=1, max_steps=8, record_steps=True)
+    late = make_job(sched.engine, seed=2, max_steps=8, record_steps=True)
+    steer.halt_at[early.id] = 3
+    seen: list[int] = []
+    early.on_step = lambda job, record: seen.append(record.step)
+    sched.submit(early)
+    sched.submit(late)
+    while sched.has_work:
+        sched.tick()
+
+    assert early.steps_used == 3 and early.halted_by is HaltReason.Q_HEAD
+    assert [r.step for r in early.steps] == [1, 2, 3] == seen
+    assert early.steps[-1].halt_probability == pytest.approx(1.0)
+    assert early.halt_probability == pytest.approx(1.0)
+    assert all(r.halt_probability < 0.5 for r in early.steps[:-1])
+    np.testing.assert_array_equal(early.answer, early.steps[-1].tokens)
+    assert late.steps_used == 8 and late.halted_by is HaltReason.MAX_STEPS
+    assert [r.step for r in late.steps] == list(range(1, 9))
+
+
+def test_steps_are_not_recorded_unless_asked() -> None:
+    sched, _ = scheduler(slots=1)
+    job = make_job(sched.engine, max_steps=3)
+    sched.submit(job)
+    while sched.has_work:
+        sched.tick()
+    assert job.steps_used == 3 and job.steps == [] and job.answer is not None
+
+
+def test_halt_never_runs_max_steps_and_matches_calling_the_model_directly() -> None:
+    sched, _ = scheduler(slots=2)
+    sched.engine.hooks.append(  # the halting head fires at every step; only "adaptive" listens
+        lambda slots, result: None if result is None else replace(result, q_halt=np.full(len(slots), 20.0))
+    )
+    never = make_job(sched.engine, seed=3, max_steps=7, halt="never", record_steps=True)
+    other = make_job(sched.engine, seed=4, max_steps=7, halt="never")
+    adaptive = make_job(sched.engine, seed=3, max_steps=7)
+    for job in (adaptive, never, other):
+        sched.submit(job)
+    while sched.has_work:
+        sched.tick()
+
+    assert adaptive.steps_used == 1 and adaptive.halted_by is HaltReason.Q_HEAD
+    assert never.steps_used == 7 and never.halted_by is HaltReason.MAX_STEPS and never.error is None
+    assert [r.step for r in never.steps] == list(range(1, 8))
+
+    model = sched.engine.model
+    inputs = torch.as_tensor(never.tokens)[None]
+    vector = torch.as_tensor(never.vector)[None]
+    carry: Carry = model.initial_carry(1)  # type: ignore[operator]
+    with torch.inference_mode():
+        for step in range(7):
+            out = model.step(carry, inputs, puzzle_vectors=vector)  # type: ignore[operator]
+            carry = out.carry
+            np.testing.assert_array_equal(never.steps[step].tokens, out.logits.argmax(-1)[0].numpy())
+    np.testing.assert_array_equal(never.answer, out.logits.argmax(-1)[0].numpy())
+    # Slot 1 held `never` to the end (`other` took slot 0 after `adaptive`): its carry is the direct one.
+    torch.testing.assert_close(sched.engine.y[1], carry.y[0])
+    torch.testing.assert_close(sched.engine.z[1], carry.z[0])
+
+
+def test_full_queue_raises_and_accepts_again_after_ticks_drain_it() -> None:
+    sched, _ = scheduler(slots=1, capacity=2)
+    jobs = [make_job(sched.engine, seed=i, max_steps=2) for i in range(5)]
+    sched.submit(jobs[0])
+    sched.submit(jobs[1])
+    with pytest.raises(QueueFull, match="capacity"):
+        sched.submit(jobs[2])
+
+    sched.tick()  # jobs[0] moves into the slot: one place frees up in the queue
+    sched.submit(jobs[2])
+    with pytest.raises(QueueFull):
+        sched.submit(jobs[3])
+
+    while sched.has_work:
+        sched.tick()
+    assert all(j.done and j.error is None for j in jobs[:3])
+    sched.submit(jobs[3])
+    sched.submit(jobs[4])
+    assert len(sched.queue) == 2
+
+
+def test_scheduler_submit_passes_queue_full_through_and_refuses_while_draining() -> None:
+    sched, _ = scheduler(slots=1, capacity=1)
+    top = Scheduler({"m": sched})
+    top.submit("m", make_job(sched.engine))
+    with pytest.raises(QueueFull):
+        top.submit("m", make_job(sched.engine))
+    top.draining = True
+    with pytest.raises(Draining):
+        top.submit("m", make_job(sched.engine))
+
+
+def test_queued_job_past_deadline_finishes_with_deadline_without_running() -> None:
+    sched, steer = scheduler(slots=2)
+    done: list[Job] = []
+    late = make_job(sched.engine, deadline=time.monotonic() - 1, on_done=done.append)
+    ok = make_job(sched.engine, seed=1, max_steps=2)
+    sched.submit(late)
+    sched.submit(ok)
+
+    finished = sched.tick()
+    assert finished == [late] and done == [late]
+    assert late.halted_by is HaltReason.DEADLINE and late.error == "deadline"
+    assert late.steps_used == 0 and late.started_at is None and late.answer is None
+    assert steer.batches == [[ok.id]]  # the expired job never took a slot
+
+
+def test_running_job_past_deadline_finishes_after_its_current_step() -> None:
+    sched, _ = scheduler(slots=2)
+    job = make_job(sched.engine, max_steps=10)
+    other = make_job(sched.engine, seed=1, max_steps=10)
+    sched.submit(job)
+    sched.submit(other)
+    sched.tick()
+    job.deadline = time.monotonic() - 0.001
+
+    assert sched.tick() == [job]
+    assert job.halted_by is HaltReason.DEADLINE and job.error == "deadline"
+    assert job.steps_used == 2 and job.answer is not None  # the partial answer is kept
+    assert sched.slots == [None, other] and other.error is None
+
+
+def test_cancelled_running_job_frees_its_slot_for_the_queue_in_the_same_tick() -> None:
+    sched, steer = scheduler(slots=1)
+    top = Scheduler({"m": sched})
+    running = make_job(sched.engine, max_steps=10)
+    queued = make_job(sched.engine, seed=1, max_steps=10)
+    top.submit("m", running)
+    top.submit("m", queued)
+    top.tick()
+    assert sched.slots == [running]
+
+    top.cancel(running)
+    finished = top.tick()
+    assert finished == [running]
+    assert running.error == "cancelled" and running.halted_by is None and running.steps_used == 1
+    assert sched.slots == [queued] and queued.steps_used == 1
+    assert steer.batches == [[running.id], [queued.id]]
+
+
+def test_cancelled_queued_job_is_dropped_before_it_takes_a_slot() -> None:
+    sched, steer = scheduler(slots=1)
+    first = make_job(sched.engine, max_steps=2)
+    dropped = make_job(sched.engine, seed=1, max_steps=2)
+    sched.submit(first)
+    sched.submit(dropped)
+    dropped.cancelled = True
+    finished = sched.tick()
+    assert finished == [dropped] and dropped.error == "cancelled" and dropped.started_at is None
+    while sched.has_work:
+        sched.tick()
+    assert {i for batch in steer.batches for i in batch} == {first.id}
+
+
+def test_two_models_are_ticked_round_robin_while_both_have_work() -> None:
+    a, _ = scheduler(slots=2)
+    b, _ = scheduler(slots=2)
+    order: list[str] = []
+    a.engine.hooks.append(lambda slots, result: order.append("a") if result is not None else None)
+    b.engine.hooks.append(lambda slots, result: order.append("b") if result is not None else None)
+    top = Scheduler({"a": a, "b": b})
+    top.submit("a", make_job(a.engine, max_steps=2))
+    top.submit("b", make_job(b.engine, max_steps=5))
+
+    while top.busy:
+        top.tick()
+    assert order == ["a", "b", "a", "b", "b", "b", "b"]
+
+    order.clear()
+    top.submit("a", make_job(a.engine, max_steps=3))
+    top.submit("b", make_job(b.engine, max_steps=3))
+    for _ in range(6):
+        top.tick()
+    assert order in (["a", "b"] * 3, ["b", "a"] * 3)
+    assert top.tick() == [] and not top.busy
+
+
+def test_failing_step_fails_only_that_batch_and_next_tick_succeeds() -> None:
+    sched, _ = scheduler(slots=2)
+    fired = []
+
+    def boom(slots: Sequence[int], result: StepResult | None) -> StepResult | None:
+        if result is None and not fired:
+            fired.append(list(slots))
+            raise RuntimeError("injected fault")
+        return None
+
+    sched.engine.hooks.insert(0, boom)
+    done: list[Job] = []
+    a, b, c = (make_job(sched.engine, seed=i, max_steps=2, on_done=done.append) for i in range(3))
+    for job in (a, b, c):
+        sched.submit(job)
+
+    finished = sched.tick()
+    assert finished == [a, b] and done == [a, b]
+    for job in (a, b):
+        assert job.error == "model step failed: RuntimeError: injected fault"
+        assert job.halted_by is None and job.steps_used == 0
+    assert sched.slots == [None, None] and list(sched.queue) == [c]
+
+    sched.tick()
+    assert sched.slots[0] is c and c.steps_used == 1 and c.error is None
+    while sched.has_work:
+        sched.tick()
+    assert c.halted_by is HaltReason.MAX_STEPS and c.error is None and done == [a, b, c]
+
+
+def test_non_finite_row_fails_only_that_puzzle() -> None:
+    sched, steer = scheduler(slots=3)
+    jobs = [make_job(sched.engine, seed=i, max_steps=4) for i in range(3)]
+    steer.nan_at[jobs[1].id] = 2
+    for job in jobs:
+        sched.submit(job)
+    sched.tick()
+    assert sched.tick() == [jobs[1]]
+    assert jobs[1].error == "non-finite values (NaN/Inf) in step 2" and jobs[1].halted_by is None
+    while sched.has_work:
+        sched.tick()
+    for job in (jobs[0], jobs[2]):
+        assert job.error is None and job.steps_used == 4 and job.halted_by is HaltReason.MAX_STEPS
+
+
+def test_real_nan_in_one_slots_carry_stays_in_that_slot() -> None:
+    sched, _ = scheduler(slots=2)
+    sick = make_job(sched.engine, max_steps=3)
+    healthy = make_job(sched.engine, seed=1, max_steps=3)
+    sched.submit(sick)
+    sched.submit(healthy)
+    sched.tick()
+    sched.engine.z[0] = math.nan  # slot 0 holds `sick`
+
+    assert sched.tick() == [sick]
+    assert sick.error is not None and "non-finite" in sick.error
+    while sched.has_work:
+        sched.tick()
+    assert healthy.error is None and healthy.steps_used == 3
+
+
+def test_static_policy_starts_no_puzzle_until_the_whole_batch_finished() -> None:
+    sched, steer = scheduler(slots=2, policy="static")
+    a, b, c = (make_job(sched.engine, seed=i, max_steps=3) for i in range(3))
+    steer.halt_at[a.id] = 1
+    for job in (a, b, c):
+        sched.submit(job)
+
+    sched.tick()
+    assert a.done and sched.slots == [None, b]
+    sched.tick()
+    sched.tick()
+    assert b.done and c.started_at is None  # slot 0 stayed empty while b ran
+    sched.tick()
+    assert sched.slots[0] is c
+    assert steer.batches == [[a.id, b.id], [b.id], [b.id], [c.id]]
+
+
+def test_sequential_policy_runs_one_puzzle_at_a_time() -> None:
+    sched, steer = scheduler(slots=4, policy="sequential")
+    assert len(sched.slots) == 1
+    jobs = [make_job(sched.engine, seed=i, max_steps=2) for i in range(3)]
+    for job in jobs:
+        sched.submit(job)
+    while sched.has_work:
+        sched.tick()
+    assert steer.batches == [[j.id] for j in jobs for _ in range(2)]
+
+
+def test_worker_thread_answers_submitted_jobs_and_drain_waits_for_them() -> None:
+    sched, _ = scheduler(slots=2)
+    top = Scheduler({"m": sched})
+    finished = threading.Event()
+    jobs = [make_job(sched.engine, seed=i, max_steps=3) for i in range(3)]
+    remaining = [len(jobs)]
+
+    def on_done(_: Job) -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            finished.set()
+
+    top.start()
+    try:
+        for job in jobs:
+            job.on_done = on_done
+            top.submit("m", job)
+        assert top.drain(timeout=20)
+        assert finished.wait(5)
+        assert all(j.error is None and j.steps_used == 3 for j in jobs)
+        with pytest.raises(Draining):
+            top.submit("m", make_job(sched.engine))
+    finally:
+        top.stop()
