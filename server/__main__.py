@@ -1,7 +1,8 @@
 """`python -m server [--flags]`: every Settings field is also a flag (`weights_dir` -> `--weights-dir`).
 
 SIGTERM drains: readiness turns false, new puzzles get 503, queued and running ones are answered, then the
-process exits 0. A second SIGTERM (or Ctrl-C twice) exits at once.
+process exits 0. Puzzles still unfinished after `drain_timeout_s` are answered 503 and the process exits 0 then.
+A second SIGTERM (or Ctrl-C twice) exits at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from server.app import create_app
 from server.settings import Settings
 
 log = logging.getLogger("server")
+ABORT_WAIT_S = 2.0  # after a timed-out drain: time for the scheduler to hand the aborted puzzles back
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
@@ -59,6 +61,9 @@ class DrainingServer(uvicorn.Server):
         def drain() -> None:
             finished = service.scheduler.drain(self.drain_timeout)
             log.info("drain %s; shutting down", "complete" if finished else "timed out")
+            if not finished:  # answer what is left (503) so connections close now, not after uvicorn's own timeout
+                service.scheduler.abort("shutdown")
+                service.scheduler.drain(ABORT_WAIT_S)
             self.should_exit = True
 
         threading.Thread(target=drain, name="trm-drain", daemon=True).start()

@@ -50,7 +50,7 @@ class Service:
         self.registry = registry
         self.scheduler = scheduler
         self.metrics = metrics
-        self.solver = Solver(settings, registry)
+        self.solver = Solver(settings, registry, metrics)
         self.ready = False
 
     def submit(self, prep: Prepared) -> None:
@@ -177,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {404: "not_found", 405: "method_not_allowed"}
         body = ErrorBody(error=kinds.get(exc.status_code, "http_error"), message=str(exc.detail), field=None)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body at all
+            body = ErrorBody(error="invalid_request", message=_unparsable(exc.__cause__), field="body")
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -196,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def solve_one(req: SolveRequest, request: Request | None, service: Service) -> SolveResponse:
         prep = service.solver.prepare(req)
+        await service.solver.adapt(prep)  # unseen ARC tasks: fit their puzzle vectors first (worker thread)
         done = _track(prep)
         service.submit(prep)
         await _wait(done, prep, request, service)
@@ -210,7 +213,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def solve(req: SolveRequest, request: Request) -> Any:
         service = service_of(request)
         if req.stream:
-            return _stream(service, req, request)
+            prep = service.solver.prepare(req)
+            await service.solver.adapt(prep)
+            return _stream(service, prep, request)
         return await solve_one(req, request, service)
 
     @app.post(
@@ -297,6 +302,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _unparsable(cause: BaseException) -> str:
+    """Why a body that is not a JSON decode error still failed to parse (too deep, a huge number, not UTF-8)."""
+    if isinstance(cause, RecursionError):
+        return "body is not valid JSON: nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "body is not valid JSON: not UTF-8 text"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "body is not valid JSON: a number has too many digits"
+    return f"body could not be parsed ({type(cause).__name__})"
+
+
 def _load_samples(path: Path) -> dict[str, list[Any]]:
     """Example puzzles by kind; Sudoku strings become 9x9 int grids, the request format most clients send."""
     if not path.is_file():
@@ -308,9 +324,8 @@ def _load_samples(path: Path) -> dict[str, list[Any]]:
     return out
 
 
-def _stream(service: Service, req: SolveRequest, request: Request) -> StreamingResponse:
+def _stream(service: Service, prep: Prepared, request: Request) -> StreamingResponse:
     """Server-Sent Events: one `step` event per supervision step, then `result` (or `error`)."""
-    prep = service.solver.prepare(req)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     main = prep.jobs[0]

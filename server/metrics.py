@@ -16,6 +16,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STEPS_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64)
+ADAPT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -61,6 +62,19 @@ class Metrics:
             "trm_verified", "Answers by rule-check result (true, false, none)", ["model", "result"], registry=r
         )
         self.failures = Counter("trm_puzzle_failures", "Puzzles that failed, by kind", ["model", "kind"], registry=r)
+        self.adapt_duration = Histogram(
+            "trm_adapt_seconds",
+            "Time fitting the puzzle vectors of an unseen ARC task (test-time adaptation)",
+            ["model"],
+            buckets=ADAPT_BUCKETS,
+            registry=r,
+        )
+        self.adapt = Counter(
+            "trm_adapt",
+            "ARC requests by where their puzzle vectors came from (known: trained rows; adapted: fitted)",
+            ["model", "mode"],
+            registry=r,
+        )
         self.build = Info("trm_build", "Server build information", registry=r)
         self.model_info = Info("trm_model", "Loaded models", ["model"], registry=r)
 
@@ -77,7 +91,7 @@ class Metrics:
         if job.steps_used:
             self.steps_used.labels(model).observe(job.steps_used)
         if job.error is not None and job.error != "deadline":
-            kind = job.error if job.error == "cancelled" else "step_error"
+            kind = job.error if job.error in ("cancelled", "shutdown") else "step_error"
             self.failures.labels(model, kind).inc()
 
     def gauges(self, model: str, queued: int, running: int) -> None:

@@ -6,8 +6,10 @@ so nothing a client sends ever becomes a filesystem path.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,7 @@ class Registry:
         """Load, validate and warm up every checkpoint; a broken one fails start-up or is skipped (setting)."""
         if resolve_device(self.settings.device).type == "cpu":
             configure_cpu_threads(self.settings.threads)
+        hook = engine_hook(self.settings.engine_hook)
         for path in find_checkpoints(self.settings.weights_dir, self.settings.models):
             try:
                 ckpt = load_checkpoint(path)
@@ -110,6 +113,8 @@ class Registry:
                 log.error("skipping broken checkpoint %s: %s", path, exc)
                 self.broken[path.name] = str(exc)
                 continue
+            if hook is not None:
+                hook(entry.engine)
             self.models[entry.name] = entry
             log.info(
                 "loaded %s (%s, %dx%d, %s on %s)",
@@ -140,6 +145,22 @@ class Registry:
             largest = max(e.config.grid_side for e in candidates)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
         return min(fitting, key=lambda e: (e.config.grid_side, e.name))
+
+
+def engine_hook(spec: str | None) -> Callable[[Engine], None] | None:
+    """The test-only `engine_hook` setting ("module:function") resolved to its function, or None when unset."""
+    if spec is None:
+        return None
+    module_name, _, name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"engine_hook {spec!r} cannot be imported: {exc}") from exc
+    if not callable(function):
+        raise ValueError(f"engine_hook {spec!r} is not a function")
+    log.warning("engine_hook %s is installed: a test-only fault-injection hook", spec)
+    hooked: Callable[[Engine], None] = function
+    return hooked
 
 
 def _identifiers(path: Path) -> list[str]:

@@ -78,9 +78,12 @@ class Job:
     halt_probability: float = 0.0
     halted_by: HaltReason | None = None
     error: str | None = None
-    """Set when the puzzle failed: "deadline", "cancelled", or a message about a failed or non-finite step."""
+    """Set when the puzzle failed: "deadline", "cancelled", "shutdown", or a message about a failed or non-finite
+    step."""
     steps: list[StepRecord] = field(default_factory=list)
     cancelled: bool = False
+    cancel_reason: str = "cancelled"
+    """The `error` a cancelled job finishes with: "cancelled" (client went away) or "shutdown" (drain timed out)."""
 
     @property
     def done(self) -> bool:
@@ -166,7 +169,7 @@ class ModelScheduler:
             alive: deque[Job] = deque()
             for job in self.queue:
                 if job.cancelled:
-                    self._finish(None, job, None, "cancelled")
+                    self._finish(None, job, None, job.cancel_reason)
                     dropped.append(job)
                 elif now >= job.deadline:
                     self._finish(None, job, HaltReason.DEADLINE, "deadline")
@@ -192,7 +195,7 @@ class ModelScheduler:
         finished: list[Job] = []
         for slot, job in enumerate(self.slots):
             if job is not None and job.cancelled:
-                self._finish(slot, job, None, "cancelled")
+                self._finish(slot, job, None, job.cancel_reason)
                 finished.append(job)
         finished.extend(self._admit(now))
         active = [i for i, job in enumerate(self.slots) if job is not None]
@@ -218,7 +221,7 @@ class ModelScheduler:
             assert job is not None
             job.compute_s += seconds
             job.steps_used += 1
-            if not result.finite[row]:
+            if not result.finite[row] or not math.isfinite(float(result.q_halt[row])):
                 self._finish(slot, job, None, f"non-finite values (NaN/Inf) in step {job.steps_used}")
                 finished.append(job)
                 continue
@@ -266,11 +269,20 @@ class Scheduler:
         with self._wake:
             self._wake.notify()
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job: Job, reason: str = "cancelled") -> None:
         """Ask for a job to be dropped (client went away); its slot is freed at the next tick."""
+        job.cancel_reason = reason
         job.cancelled = True
         with self._wake:
             self._wake.notify()
+
+    def abort(self, reason: str = "shutdown") -> None:
+        """Cancel every queued and running job (a drain that timed out), so their requests are answered now."""
+        for model in self.models.values():
+            with model.lock:
+                jobs = [*model.queue, *(job for job in model.slots if job is not None)]
+            for job in jobs:
+                self.cancel(job, reason)
 
     @property
     def busy(self) -> bool:

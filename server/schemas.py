@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a loaded model's name")]
 
@@ -48,6 +48,17 @@ class Timing(BaseModel):
     queue_ms: float
     compute_ms: float
     total_ms: float
+    adapt_ms: float | None = Field(
+        None, description="ARC tasks the model never saw: time fitting their puzzle vectors (test-time adaptation)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_adapt(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """adapt_ms appears only where adaptation ran, so the other answers keep the three-field timing."""
+        data: dict[str, Any] = handler(self)
+        if data.get("adapt_ms") is None:
+            data.pop("adapt_ms", None)
+        return data
 
 
 class SolveResponse(BaseModel):

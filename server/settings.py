@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     """Checkpoint names to load; empty loads every checkpoint under weights_dir."""
     on_broken_checkpoint: Literal["fail", "skip"] = "fail"
     """A checkpoint that does not load stops start-up (fail) or is logged and left out (skip)."""
+    engine_hook: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """TEST ONLY (fault injection): "module:function" called with each Engine once it is built and warmed; it may
+    append step hooks to `engine.hooks`. It imports and runs that code at start-up: never set it in production."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -60,6 +63,19 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: how long queued and running puzzles may take before the process exits anyway."""
     log_level: str = "info"
+    arc_max_variants: int = Field(8, ge=1, le=1001)
+    """Known ARC tasks: trained variants (puzzle-table rows) run and voted per test input. The reference votes
+    over up to 1001; 8 keeps a CPU answer within seconds, a GPU affords far more."""
+    arc_variants: int = Field(8, ge=1, le=1001)
+    """Unseen ARC tasks: augmented variants (identity included) fitted by test-time adaptation and voted."""
+    arc_adapt_steps: int = Field(100, ge=0, le=100_000)
+    """Optimiser steps of test-time adaptation at most (0 answers with the average trained embedding)."""
+    arc_adapt_time_budget_s: float = Field(10.0, ge=0.0, le=120.0)
+    """Wall-clock cap of one adaptation; it never takes more than half of what is left of the request deadline."""
+    arc_adapt_lr: float = Field(3e-2, gt=0.0, le=1.0)
+    """Adam learning rate of the fitted puzzle vectors."""
+    arc_adapt_supervision_steps: int = Field(1, ge=1, le=16)
+    """Supervision steps per adaptation step, carrying the carry forward; each one multiplies its cost."""
 
     @field_validator("models", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ submits the jobs, waits, and renders with `Solver.respond`. The puzzle rules liv
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -14,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from model.adapt import predicted_grid, two_attempts, variant_test_inputs
+from model.puzzles.arc import ArcTask, decode_grid
 from model.puzzles.base import PuzzleError
+from server.arc import ArcModel, ArcPlan, UnknownTask
+from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
 from server.scheduler import Job, StepRecord
 from server.schemas import SolveRequest, SolveResponse, StepState, Timing
@@ -41,7 +46,7 @@ class ApiError(Exception):
 
 @dataclass
 class Prepared:
-    """A request turned into jobs (one per puzzle; ARC has one per test input)."""
+    """A request turned into jobs (one per puzzle; ARC has one per (test input, variant))."""
 
     request: SolveRequest
     entry: ModelEntry
@@ -49,6 +54,10 @@ class Prepared:
     jobs: list[Job]
     arrived: float
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    arc: ArcPlan | None = None
+    """ARC only: the variants and their vectors; an unseen task has no jobs until `adapt` has run."""
+    job_keys: list[tuple[int, int]] = field(default_factory=list)
+    """ARC only: (test input, variant) of each job, in job order."""
 
 
 def _side_of(req: SolveRequest) -> int | None:
@@ -59,9 +68,22 @@ def _side_of(req: SolveRequest) -> int | None:
 
 
 class Solver:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        self.metrics = metrics
+        # Built once per model at load: known-task rows, demonstration hashes; the adaptation copy comes lazily.
+        self.arc_models = {
+            name: ArcModel(
+                entry.checkpoint.model,
+                entry.engine.table,
+                entry.identifiers,
+                entry.codec.side,  # type: ignore[attr-defined]
+                entry.checkpoint.path,
+            )
+            for name, entry in registry.models.items()
+            if entry.family == "arc"
+        }
 
     def prepare(self, req: SolveRequest, arrived: float | None = None) -> Prepared:
         arrived = arrived if arrived is not None else time.monotonic()
@@ -90,43 +112,104 @@ class Solver:
             raise ApiError(422, "invalid_puzzle", exc.message, field_name) from exc
 
         if req.puzzle == "arc":
-            encoded = list(entry.codec.encode_test_inputs(puzzle))  # type: ignore[attr-defined]
-            vector = entry.engine.vector_for(self._arc_puzzle_id(entry, req.task_id))
-        else:
-            encoded = [entry.codec.encode(puzzle)]
-            vector = entry.engine.vector_for(0)
-        jobs = [
+            return self._prepare_arc(req, entry, puzzle, arrived)
+        job = Job(
+            tokens=np.asarray(entry.codec.encode(puzzle), dtype=np.int64),
+            vector=entry.engine.vector_for(0),
+            max_steps=max_steps,
+            halt=req.halt,
+            record_steps=req.return_steps or req.stream,
+            deadline=deadline,
+        )
+        return Prepared(req, entry, puzzle, [job], arrived)
+
+    # ------------------------------------------------------------------ ARC
+    def _prepare_arc(self, req: SolveRequest, entry: ModelEntry, task: ArcTask, arrived: float) -> Prepared:
+        """Plan the task (known rows, or variants to adapt); jobs now for a known task, after `adapt` otherwise."""
+        s = self.settings
+        try:
+            plan = self.arc_models[entry.name].plan(task, req.task_id, s.arc_max_variants, s.arc_variants)
+        except UnknownTask as exc:
+            raise ApiError(
+                404, "unknown_task", f"model {entry.name!r} was not trained on task {req.task_id!r}", "task_id"
+            ) from exc
+        prep = Prepared(req, entry, task, [], arrived, arc=plan)
+        if plan.vectors is not None:
+            self._arc_jobs(prep)
+        return prep
+
+    def _arc_jobs(self, prep: Prepared) -> None:
+        """One job per (test input, variant), test-major, so job 0 is the first test input's first variant."""
+        plan, req, entry = prep.arc, prep.request, prep.entry
+        assert plan is not None and plan.vectors is not None
+        tokens, prep.job_keys = variant_test_inputs(prep.puzzle, plan.variants, entry.codec.side)  # type: ignore[attr-defined]
+        max_steps = req.max_steps or self.settings.default_max_steps or entry.config.halt_max_steps
+        prep.jobs = [
             Job(
-                tokens=np.asarray(tokens, dtype=np.int64),
-                vector=vector,
+                tokens=row.astype(np.int64),
+                vector=plan.vectors[v],
                 max_steps=max_steps,
                 halt=req.halt,
-                record_steps=req.return_steps or req.stream,
-                deadline=deadline,
+                record_steps=i == 0 and (req.return_steps or req.stream),
+                deadline=prep.arrived + self.settings.request_timeout_s,
             )
-            for tokens in encoded
+            for i, (row, (_, v)) in enumerate(zip(tokens, prep.job_keys, strict=True))
         ]
-        return Prepared(req, entry, puzzle, jobs, arrived)
 
-    @staticmethod
-    def _arc_puzzle_id(entry: ModelEntry, task_id: str | None) -> int:
-        """The row of a known task's un-augmented variant; 0 (the blank prefix) for tasks the model never saw."""
-        if task_id is None:
-            return 0
-        try:
-            return entry.identifiers.index(task_id)
-        except ValueError as exc:
-            raise ApiError(
-                404, "unknown_task", f"model {entry.name!r} was not trained on task {task_id!r}", "task_id"
-            ) from exc
+    async def adapt(self, prep: Prepared) -> None:
+        """For an unseen ARC task, fit its variants' vectors in a worker thread, then build its jobs.
+
+        The fit gets `arc_adapt_time_budget_s`, but never more than half of what is left of the request's
+        deadline, so the steps that follow have time to run. A known task (or any other puzzle) is left alone.
+        """
+        plan = prep.arc
+        if plan is None:
+            return
+        name = prep.entry.name
+        if plan.vectors is None:
+            s = self.settings
+            left = prep.arrived + s.request_timeout_s - time.monotonic()
+            budget = max(0.0, min(s.arc_adapt_time_budget_s, left / 2))
+            await asyncio.to_thread(
+                self.arc_models[name].adapt,
+                prep.puzzle,
+                plan,
+                s.arc_adapt_steps,
+                budget,
+                s.arc_adapt_lr,
+                s.arc_adapt_supervision_steps,
+            )
+            self._arc_jobs(prep)
+            if self.metrics is not None:
+                self.metrics.adapt_duration.labels(name).observe(plan.adapt_s)
+        if self.metrics is not None:
+            self.metrics.adapt.labels(name, plan.mode).inc()
+
+    def _arc_solution(self, prep: Prepared) -> list[dict[str, Any]]:
+        """Each test input's variants mapped back to the task's frame and voted into attempt_1 and attempt_2."""
+        plan, task = prep.arc, prep.puzzle
+        assert plan is not None
+        side: int = prep.entry.codec.side  # type: ignore[attr-defined]
+        candidates: list[list[tuple[Any, float]]] = [[] for _ in task.test]
+        for job, (t, v) in zip(prep.jobs, prep.job_keys, strict=True):
+            if job.answer is not None:
+                candidates[t].append((predicted_grid(job.answer, plan.variants[v], side), job.halt_probability))
+        solution = []
+        for t, pair in enumerate(task.test):
+            ranked = two_attempts(candidates[t], pair.input.shape)
+            solution.append({"attempt_1": ranked[0], "attempt_2": ranked[1]})
+        return solution
 
     # ------------------------------------------------------------------ rendering
     def decode(self, prep: Prepared, tokens: np.ndarray, index: int = 0) -> Any:
+        """A step's tokens as a grid; for ARC job `index`'s, mapped back through its variant ([] if no colour)."""
         codec = prep.entry.codec
-        if prep.request.puzzle == "arc":
-            from model.puzzles.arc import decode_grid
-
-            return decode_grid(tokens, codec.side)  # type: ignore[attr-defined]
+        if prep.arc is not None:
+            side: int = codec.side  # type: ignore[attr-defined]
+            if not prep.job_keys:
+                return decode_grid(tokens, side)
+            grid = predicted_grid(tokens, prep.arc.variants[prep.job_keys[index][1]], side)
+            return grid if grid is not None else []
         return codec.decode(tokens, prep.puzzle)
 
     def step_state(self, prep: Prepared, record: StepRecord, previous: Any) -> StepState:
@@ -143,13 +226,11 @@ class Solver:
         jobs = prep.jobs
         main = jobs[0]
         assert main.answer is not None and main.halted_by is not None
-        if prep.request.puzzle == "arc":
-            grids = [self.decode(prep, j.answer if j.answer is not None else np.zeros(0)) for j in jobs]
-            solution: Any = [
-                {"attempt_1": g, "attempt_2": _second_attempt(self, prep, j, g)}
-                for j, g in zip(jobs, grids, strict=True)
-            ]
+        adapt_ms = None
+        if prep.arc is not None:
+            solution: Any = self._arc_solution(prep)
             verified = None
+            adapt_ms = round(prep.arc.adapt_s * 1000, 3) if prep.arc.mode == "adapted" else None
         else:
             solution = self.decode(prep, main.answer)
             verified = prep.entry.codec.verify(prep.puzzle, solution)
@@ -173,21 +254,13 @@ class Solver:
             halt_probability=round(min(j.halt_probability for j in jobs), 6),
             verified=verified,
             timing=Timing(
-                queue_ms=round((started - prep.arrived) * 1000, 3),
+                queue_ms=round((started - prep.arrived - (adapt_ms or 0.0) / 1000) * 1000, 3),
                 compute_ms=round(max(j.compute_s for j in jobs) * 1000, 3),
                 total_ms=round((finished - prep.arrived) * 1000, 3),
+                adapt_ms=adapt_ms,
             ),
             steps=steps,
         )
-
-
-def _second_attempt(solver: Solver, prep: Prepared, job: Job, first: Any) -> Any:
-    """ARC allows two attempts: the latest earlier-step answer that differs from the final one, else the same."""
-    for record in reversed(job.steps):
-        grid = solver.decode(prep, record.tokens)
-        if grid != first and grid:
-            return grid
-    return first
 
 
 def changed_cells(previous: Any, current: Any) -> list[tuple[int, int]]:
@@ -215,5 +288,7 @@ def job_error(prep: Prepared) -> ApiError | None:
             )
         if job.error == "cancelled":
             return ApiError(499, "cancelled", "request cancelled")
+        if job.error == "shutdown":
+            return ApiError(503, "draining", "server shut down before this puzzle finished", headers={"Retry-After": "5"})
         return ApiError(500, "step_failed", f"the model failed on this puzzle: {job.error}")
     return None

@@ -69,7 +69,7 @@ def evaluate_model(
     max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
     n = min(len(data), limit) if limit else len(data)
     sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
-    preds_never, preds_adaptive, q_adaptive = [], [], []
+    preds_never, preds_adaptive, q_adaptive, q_never = [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
     for lo in range(0, n, batch_size):
@@ -81,7 +81,7 @@ def evaluate_model(
         halted_at = torch.zeros(b, dtype=torch.long, device=device)
         adaptive = torch.zeros_like(labels)
         q_at = torch.zeros(b, device=device)
-        pred = adaptive
+        pred, q_halt = adaptive, q_at
         for step, pred, q_halt in run_steps(model, inputs, ids, max_steps, dtype):
             newly = (halted_at == 0) & ((q_halt > 0) | (step == max_steps))
             adaptive[newly] = pred[newly]
@@ -98,6 +98,7 @@ def evaluate_model(
             preds_never.append(pred.cpu().numpy())
             preds_adaptive.append(adaptive.cpu().numpy())
             q_adaptive.append(q_at.cpu().numpy())
+            q_never.append(torch.sigmoid(q_halt).cpu().numpy())
         bar.update(b)
     bar.close()
     elapsed = time.perf_counter() - start
@@ -115,6 +116,7 @@ def evaluate_model(
         result["predictions"] = np.concatenate(preds_never) if preds_never else np.zeros((0, 0))
         result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))
         result["adaptive_q"] = np.concatenate(q_adaptive) if q_adaptive else np.zeros(0)
+        result["q"] = np.concatenate(q_never) if q_never else np.zeros(0)  # halting probability after the last step
     return result
 
 
@@ -148,6 +150,7 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_checkpoint
     from training.data.sources import load_eval_data
+    from training.evaluate_arc import add_arc_arguments, run_arc
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint directory (config.json + model.safetensors)")
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
     )
+    add_arc_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -173,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         else ("cpu" if args.device == "auto" else args.device)
     )
     ckpt = load_checkpoint(args.weights)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.arc_mode:
+        return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     result = evaluate_model(model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True)
     summary = {"weights": str(Path(args.weights)), "data": args.data, **headline(result, args.halt)}
     if args.record:

@@ -141,7 +141,9 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
                 metrics.write({"kind": "eval", "step": trainer.step, **last_eval})
                 trainer.save_weights(run_dir / "checkpoint")
                 if preset.model.num_puzzle_ids > 1:  # ARC: the names of the puzzle-table rows travel with it
-                    shutil.copy2(preset.cache_dir / "identifiers.json", run_dir / "checkpoint" / "identifiers.json")
+                    for name in ("identifiers.json", "test_puzzles.json"):
+                        if (preset.cache_dir / name).is_file():
+                            shutil.copy2(preset.cache_dir / name, run_dir / "checkpoint" / name)
                 metrics.plot()
                 tqdm.write(f"eval @ {trainer.step}: {json.dumps(last_eval)}", file=sys.stderr)
             save_state(trainer, run_dir / "state")
@@ -151,7 +153,7 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     if main_rank:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            for name in ("config.json", "model.safetensors", "identifiers.json"):
+            for name in ("config.json", "model.safetensors", "identifiers.json", "test_puzzles.json"):
                 if (run_dir / "checkpoint" / name).is_file():
                     shutil.copy2(run_dir / "checkpoint" / name, args.out / name)
             shutil.copy2(run_dir / "metrics.png", args.out / "training_curves.png")

