@@ -76,7 +76,7 @@ def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | N
     """The preset's dataset, built into its cache directory on first use."""
     root = preset.cache_dir
     stamp = root / "data_config.json"
-    wanted = asdict(preset.data)
+    wanted = {k: v for k, v in asdict(preset.data).items() if k != "cache_dir"}  # where, not what
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
         if root.exists():
             log.info("data config changed; rebuilding %s", root)
