@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/solve",
         response_model=SolveResponse,
         dependencies=[Depends(auth)],
-        responses={code: {"model": ErrorBody} for code in (401, 404, 413, 422, 500, 503, 504)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)},
     )
     async def solve(req: SolveRequest, request: Request) -> Any:
         service = service_of(request)
@@ -222,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/solve/batch",
         response_model=BatchResponse,
         dependencies=[Depends(auth)],
-        responses={code: {"model": ErrorBody} for code in (401, 413, 422, 503)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 503)},
     )
     async def solve_batch(batch: BatchRequest, request: Request) -> BatchResponse:
         service = service_of(request)
@@ -261,13 +261,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def live() -> dict[str, str]:
         return {"status": "live"}
 
-    @app.get("/health/ready")
+    @app.get("/health/ready", responses={503: {"description": "not ready: loading or draining"}})
     async def ready(request: Request) -> JSONResponse:
         service: Service | None = getattr(request.app.state, "service", None)
         ok = service is not None and service.ready and not service.scheduler.draining
         return JSONResponse({"status": "ready" if ok else "not_ready"}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", dependencies=[Depends(auth_protected)])
+    @app.get("/metrics", dependencies=[Depends(auth_protected)], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         body = service_of(request).metrics.render()
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

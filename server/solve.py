@@ -289,6 +289,6 @@ def job_error(prep: Prepared) -> ApiError | None:
         if job.error == "cancelled":
             return ApiError(499, "cancelled", "request cancelled")
         if job.error == "shutdown":
-            return ApiError(503, "draining", "server shut down before this puzzle finished", headers={"Retry-After": "5"})
+            return ApiError(503, "draining", "server shut down before it finished", headers={"Retry-After": "5"})
         return ApiError(500, "step_failed", f"the model failed on this puzzle: {job.error}")
     return None
