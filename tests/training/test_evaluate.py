@@ -1,0 +1,174 @@
+"""Evaluation: accuracies and halting steps against a manual loop over `model.step`, and the CLI's JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.trm import TRM
+from tests.conftest import tiny_config
+from training import evaluate
+from training.data.dataset import PuzzleSet
+from training.data.sources import load_eval_data
+from training.evaluate import evaluate_model
+
+REPO = Path(__file__).resolve().parents[2]
+N = 6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def tiny_model(q_bias: float = -5.0, q_weight_std: float = 0.0) -> TRM:
+    model = TRM(tiny_config()).eval()
+    with torch.no_grad():
+        model.q_head.bias.fill_(q_bias)
+        model.q_head.weight.normal_(0.0, q_weight_std) if q_weight_std else model.q_head.weight.zero_()
+    return model
+
+
+def inputs_for(n: int = N) -> np.ndarray:
+    return np.random.default_rng(0).integers(1, 6, size=(n, 16)).astype(np.uint8)
+
+
+@torch.no_grad()
+def manual_steps(model: TRM, inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Predictions and halting logits after each of the `halt_max_steps` steps, from a fresh carry."""
+    x = torch.as_tensor(inputs).long()
+    carry = model.initial_carry(len(x))
+    preds, qs = [], []
+    for _ in range(model.config.halt_max_steps):
+        out = model.step(carry, x)
+        carry = out.carry
+        preds.append(out.logits.argmax(-1).numpy().astype(np.uint8))
+        qs.append(out.q_halt.numpy())
+    return preds, qs
+
+
+def puzzle_set(inputs: np.ndarray, labels: np.ndarray) -> PuzzleSet:
+    n = len(inputs)
+    return PuzzleSet(inputs, labels, np.zeros(n, np.int32), np.arange(n, dtype=np.int32))
+
+
+def wrong(token: np.ndarray) -> np.ndarray:
+    return (token % 10) + 1  # a non-PAD token other than `token`
+
+
+def test_evaluate_reports_exact_and_cell_accuracy_of_the_final_answer() -> None:
+    model = tiny_model()
+    inputs = inputs_for()
+    final = manual_steps(model, inputs)[0][-1]
+    labels = final.copy()
+    labels[1, [0, 3]] = wrong(final[1, [0, 3]])  # two wrong cells
+    labels[2, 5:] = 0  # only 5 scored cells, all right
+    labels[3, :4] = 0
+    labels[3, 7] = wrong(final[3, 7])  # one wrong cell among the scored ones
+    scored = int((labels != 0).sum())
+
+    result = evaluate_model(model, puzzle_set(inputs, labels), batch_size=4, keep_predictions=True)
+
+    assert result["puzzles"] == N
+    assert result["exact_accuracy"] == pytest.approx(4 / N)
+    assert result["cell_accuracy"] == pytest.approx((scored - 3) / scored)
+    assert np.array_equal(result["predictions"], final)
+    # The Q head never says halt (bias -5), so the adaptive answer is the last one, after every step.
+    assert result["mean_steps"] == model.config.halt_max_steps
+    assert result["adaptive_exact_accuracy"] == result["exact_accuracy"]
+    assert evaluate_model(model, puzzle_set(inputs, labels), limit=3)["exact_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_adaptive_halting_answers_at_the_first_confident_step() -> None:
+    model = tiny_model(q_bias=1.0)  # q_halt = +1 everywhere: every puzzle halts after its first step
+    inputs = inputs_for()
+    preds, _ = manual_steps(model, inputs)
+    result = evaluate_model(model, puzzle_set(inputs, preds[0].copy()), batch_size=N, keep_predictions=True)
+    assert result["mean_steps"] == 1
+    assert result["adaptive_exact_accuracy"] == 1.0
+    assert np.array_equal(result["adaptive_predictions"], preds[0])
+    # The "never halt" figures still come from the last step.
+    assert result["exact_accuracy"] == pytest.approx(
+        np.mean([np.array_equal(a, b) for a, b in zip(preds[-1], preds[0], strict=True)])
+    )
+
+
+def test_adaptive_mean_steps_is_the_mean_first_halting_step() -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    inputs = inputs_for(16)
+    preds, qs = manual_steps(model, inputs)
+    max_steps = model.config.halt_max_steps
+    q = np.stack(qs, axis=1)  # (N, steps)
+    first = np.where((q > 0).any(1), (q > 0).argmax(1) + 1, max_steps)
+
+    result = evaluate_model(model, puzzle_set(inputs, preds[-1].copy()), batch_size=16, keep_predictions=True)
+
+    assert 1 <= result["mean_steps"] <= max_steps
+    assert result["mean_steps"] == pytest.approx(first.mean())
+    assert len(set(first.tolist())) > 1  # the puzzles did stop at different steps
+    expected = np.stack([preds[s - 1][i] for i, s in enumerate(first)])
+    assert np.array_equal(result["adaptive_predictions"], expected)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    model = tiny_model()
+    return save_checkpoint(model, model.config, tmp_path / "weights")
+
+
+def test_cli_prints_a_final_json_line_and_records_metrics(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the generated puzzles land in tmp_path
+    code = evaluate.main(
+        ["--weights", str(weights), "--data", "generate:sudoku:20:6:10", "--device", "cpu", "--record", "gen4"]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["puzzles"] == 20 and summary["halt"] == "adaptive"
+    assert 0.0 <= summary["exact_accuracy"] <= summary["cell_accuracy"] <= 1.0
+    assert 1 <= summary["mean_steps"] <= 4
+    # The spec builds 4x4 puzzles (side from the model's seq_len 16), and the line reports evaluate_model's figures.
+    ckpt = load_checkpoint(weights)
+    data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
+    assert data.inputs.shape == (20, 16)
+    result = evaluate_model(ckpt.model, data)
+    assert summary["cell_accuracy"] == result["adaptive_cell_accuracy"]
+    assert summary["mean_steps"] == result["mean_steps"]
+    recorded = json.loads((weights / "metrics.json").read_text())
+    assert recorded["gen4"]["exact_accuracy"] == summary["exact_accuracy"]
+
+
+def test_cli_as_a_module_prints_json_with_the_headline_figures(weights: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--weights",
+            str(weights),
+            "--data",
+            "generate:sudoku:20:6:10",
+            "--device",
+            "cpu",
+            "--halt",
+            "never",
+        ],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"exact_accuracy", "cell_accuracy", "mean_steps"} <= set(summary)
+    assert summary["halt"] == "never" and summary["mean_steps"] == 4 and summary["puzzles"] == 20
