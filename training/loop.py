@@ -179,9 +179,10 @@ class Trainer:
 
         train_table = self.cfg.puzzle_emb_lr > 0
         vectors = self.model.puzzle_emb[ids].clone().requires_grad_(train_table)  # type: ignore[index]
-        lr = lr_at(self.step, self.cfg.lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
+        # The reference counts this step before scheduling it: the first step gets lr / warmup, not 0.
+        lr = lr_at(self.step + 1, self.cfg.lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
         emb_lr = lr_at(
-            self.step, self.cfg.puzzle_emb_lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio
+            self.step + 1, self.cfg.puzzle_emb_lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio
         )
         with autocast(self.device, self.dtype):
             out = self.step_fn(carry, inputs, puzzle_vectors=vectors)

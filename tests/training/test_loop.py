@@ -1,152 +1,246 @@
-"""The training loop end to end on tiny data: learning, ACT slot refills, resume, data parallelism."""
+"""The deep-supervision training loop: one step by hand, ACT slot bookkeeping, a tiny real run, the batch stream."""
 
+from __future__ import annotations
+
+import copy
 import json
-import os
-import socket
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from model.factory import build_model
 from training import run
-from training.config import load_preset
-from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
+from training.config import Preset, load_preset
+from training.data import sudoku
+from training.data.dataset import PuzzleSet, load_split
 from training.loop import Trainer
-from training.state import load_state, save_state
+from training.losses import act_loss
+from training.sampler import Batch, BatchStream
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_preset(tmp_path, *extra):
-    return load_preset("sudoku-4x4-tiny", [f"data.cache_dir='{tmp_path / 'data'}'", "train.threads=1", *extra])
+BATCH = 8
 
 
-def random_set(n=96, seed=0):
-    rng = np.random.default_rng(seed)
-    inputs = rng.integers(1, 6, (n, 16)).astype(np.uint8)
-    return PuzzleSet(inputs, inputs + 1, np.zeros(n, np.int32), np.arange(n, dtype=np.int32))
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
-def test_a_tiny_run_learns_and_writes_curves_and_a_checkpoint(tmp_path, capsys):
-    out = tmp_path / "weights"
-    argv = [
-        "--preset",
+def tiny_preset(tmp_path: Path, *overrides: str) -> Preset:
+    return load_preset(
         "sudoku-4x4-tiny",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--set",
-        f"data.cache_dir='{tmp_path / 'data'}'",
-        "--set",
-        "train.threads=1",
-        "--set",
-        "train.max_steps=240",
-        "--set",
-        "train.eval_every_steps=120",
-        "--log-every",
-        "20",
-    ]
-    assert run.main(argv) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    assert train[-1]["lm_loss"] < 0.7 * train[0]["lm_loss"]
-    evals = [r for r in records if r["kind"] == "eval"]
-    assert evals[-1]["cell_accuracy"] > evals[0]["cell_accuracy"] - 1e-9 and evals[-1]["cell_accuracy"] > 0.6
-    assert (tmp_path / "run" / "metrics.png").stat().st_size > 1000
-    assert summary["steps"] == 240
-    assert load_checkpoint(out).config.seq_len == 16
-
-
-def test_running_slots_keep_their_puzzle_and_halted_slots_are_refilled(tmp_path):
-    preset = tiny_preset(tmp_path, "model.halt_max_steps=3", "model.halt_exploration_prob=0.0")
-    trainer = Trainer(preset, random_set(), None, tmp_path)
-    trainer.train_step()
-    first = trainer.act.inputs.clone()
-    trainer.train_step()
-    assert torch.equal(trainer.act.inputs, first)  # q_head starts at -5: nobody halts before the limit
-    assert trainer.act.steps.tolist() == [2] * trainer.local_batch
-    trainer.train_step()
-    assert trainer.act.halted.all()
-    trainer.train_step()
-    assert not torch.equal(trainer.act.inputs, first) and trainer.act.steps.tolist() == [1] * trainer.local_batch
-
-
-def test_resume_continues_bit_for_bit(tmp_path):
-    preset = tiny_preset(tmp_path)
-    data = random_set()
-    straight = Trainer(preset, data, None, tmp_path)
-    for _ in range(6):
-        straight.train_step()
-
-    first = Trainer(preset, data, None, tmp_path)
-    for _ in range(3):
-        first.train_step()
-    save_state(first, tmp_path / "state")
-    resumed = Trainer(preset, data, None, tmp_path)
-    load_state(resumed, tmp_path / "state")
-    for _ in range(3):
-        resumed.train_step()
-
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    for name, shadow in straight.ema.shadow.items():
-        assert torch.equal(shadow, resumed.ema.shadow[name])
-    assert torch.equal(straight.act.carry.z, resumed.act.carry.z)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):
-    meta = DatasetMeta("sudoku", 11, 16, augment="sudoku")
-    save_dataset(tmp_path / "data", meta, {"train": random_set(), "test": random_set(32, 1)})
-    (tmp_path / "data" / "data_config.json").write_text("{}")
-    script = tmp_path / "train.py"
-    script.write_text(
-        "import sys, torch\n"
-        "from training.config import load_preset\n"
-        "from training.data.dataset import load_split\n"
-        "from training.data.sources import augmentation_for\n"
-        "from training.data.dataset import load_meta\n"
-        "from training.loop import Trainer\n"
-        "from model.checkpoint import save_checkpoint\n"
-        "torch.set_num_threads(1)\n"
-        "data = sys.argv[1]\n"
-        "p = load_preset('sudoku-4x4-tiny', ['train.threads=1', 'train.ema=false'])\n"
-        "t = Trainer(p, load_split(data, 'train'), None, None, augmentation_for(load_meta(data)))\n"
-        "for _ in range(4):\n"
-        "    t.train_step()\n"
-        "if t.dist.rank == 0:\n"
-        "    save_checkpoint(t.model, t.config, sys.argv[2])\n"
+        [f"data.cache_dir={tmp_path / 'data'}", "train.threads=1", f"train.global_batch_size={BATCH}", *overrides],
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-    ]
-    for procs, out in ((1, "one"), (2, "two")):
-        cmd = [*torchrun, "--nproc-per-node", str(procs), str(script), str(tmp_path / "data"), str(tmp_path / out)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-        assert done.returncode == 0, done.stderr[-3000:]
-    one = load_checkpoint(tmp_path / "one").model.state_dict()
-    two = load_checkpoint(tmp_path / "two").model.state_dict()
-    for name, tensor in one.items():
-        assert torch.allclose(tensor, two[name], atol=1e-5), name
-    torch.manual_seed(0)  # the trainer's seed: a fresh model is where both runs started
-    start = build_model(load_checkpoint(tmp_path / "one").config).state_dict()
-    assert not torch.allclose(start["net.layers.0.mlp.down_proj.weight"], one["net.layers.0.mlp.down_proj.weight"])
+
+
+def sudoku_4x4(tmp_path: Path, n_train: int = 32) -> PuzzleSet:
+    root = sudoku.build(tmp_path / "sudoku", n_train, 8, (6, 10), seed=3, side=4, workers=1)
+    return load_split(root, "train", mmap=False)
+
+
+def tensors(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.as_tensor(batch.inputs).long(),
+        torch.as_tensor(batch.labels).long(),
+        torch.as_tensor(batch.puzzle_ids).long(),
+    )
+
+
+def test_one_training_step_matches_hand_computed_loss_and_update(tmp_path: Path) -> None:
+    preset = tiny_preset(tmp_path)
+    cfg = preset.train
+    train = sudoku_4x4(tmp_path)
+    trainer = Trainer(preset, train, None, tmp_path / "run", device=torch.device("cpu"))
+    model = copy.deepcopy(trainer.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    # By hand: every slot starts halted, so the first global batch is what the model sees, from the initial state.
+    inputs, labels, ids = tensors(BatchStream(train, BATCH, cfg.seed).next())
+    vectors = model.puzzle_emb[ids].clone().requires_grad_(True)
+    out = model.step(model.initial_carry(BATCH), inputs, puzzle_vectors=vectors)
+    loss = act_loss(out.logits, labels, out.q_halt)
+    (loss.total / BATCH).backward()
+
+    stats = trainer.train_step()
+
+    assert stats["lm_loss"] == pytest.approx(loss.lm.item() / BATCH, rel=1e-6)
+    assert stats["q_halt_loss"] == pytest.approx(loss.q_halt.item() / BATCH, rel=1e-6)
+    # As in the reference, the step is counted before it is scheduled: the first one runs at lr / warmup.
+    lr = cfg.lr / cfg.lr_warmup_steps
+    assert stats["lr"] == pytest.approx(lr)
+    # First Adam-atan2 step: m = (1-b1) g, sqrt(v / bc2) = |g|, so p <- p (1 - lr wd) - lr/(1-b1) atan2((1-b1) g, |g|).
+    for name, p in trainer.model.named_parameters():
+        g = dict(model.named_parameters())[name].grad
+        assert g is not None, name
+        expected = before[name] * (1 - lr * cfg.weight_decay) - lr / (1 - cfg.beta1) * torch.atan2(
+            (1 - cfg.beta1) * g, g.abs()
+        )
+        assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-7), name
+    # The shared puzzle row takes one sign-SGD step on the summed gradient of the whole batch.
+    emb_lr = cfg.puzzle_emb_lr / cfg.lr_warmup_steps
+    assert vectors.grad is not None
+    assert torch.allclose(trainer.model.puzzle_emb[0], -emb_lr * torch.sign(vectors.grad.sum(0)), atol=1e-9)
+
+
+def test_running_slots_keep_their_puzzle_until_the_step_limit(tmp_path: Path) -> None:
+    preset = tiny_preset(tmp_path)
+    train = sudoku_4x4(tmp_path)
+    trainer = Trainer(preset, train, None, tmp_path / "run", device=torch.device("cpu"))
+    assert trainer.model.q_head.bias[0].item() == -5.0  # "continue" everywhere: only the step limit halts
+    limit = preset.model.halt_max_steps
+    mirror = BatchStream(train, BATCH, preset.train.seed)
+
+    batches = [tensors(mirror.next()) for _ in range(2 * limit + 1)]
+    for k in range(2 * limit + 1):
+        trainer.train_step()
+        act = trainer.act
+        first = batches[(k // limit) * limit]  # the rows taken when the slots were last refilled
+        assert torch.equal(act.inputs, first[0]) and torch.equal(act.labels, first[1]), f"step {k + 1}"
+        assert torch.equal(act.puzzle_ids, first[2])
+        assert act.steps.tolist() == [k % limit + 1] * BATCH
+        assert act.halted.tolist() == [k % limit + 1 == limit] * BATCH
+    # The carry persists between optimizer steps: it is not the initial state for a running slot.
+    assert not torch.equal(act.carry.y, trainer.model.initial_carry(BATCH).y)
+
+
+def test_halted_slots_are_refilled_and_running_slots_keep_their_puzzle(tmp_path: Path) -> None:
+    # Q head says "halt" everywhere, exploration always draws a minimum step: slots halt at different times.
+    preset = tiny_preset(tmp_path, "model.halt_exploration_prob=1.0")
+    train = sudoku_4x4(tmp_path)
+    trainer = Trainer(preset, train, None, tmp_path / "run", device=torch.device("cpu"))
+    with torch.no_grad():
+        trainer.model.q_head.bias.fill_(5.0)
+    mirror = BatchStream(train, BATCH, preset.train.seed)
+    seen_refill = seen_keep = 0
+    prev = trainer.act
+    for k in range(10):
+        new_inputs, new_labels, new_ids = tensors(mirror.next())
+        trainer.train_step()
+        act = trainer.act
+        for i in range(BATCH):
+            if prev.halted[i]:
+                seen_refill += 1
+                assert torch.equal(act.inputs[i], new_inputs[i]), (k, i)
+                assert torch.equal(act.labels[i], new_labels[i]) and act.puzzle_ids[i] == new_ids[i]
+                assert act.steps[i] == 1
+            else:
+                seen_keep += 1
+                assert torch.equal(act.inputs[i], prev.inputs[i]), (k, i)
+                assert torch.equal(act.labels[i], prev.labels[i]) and act.puzzle_ids[i] == prev.puzzle_ids[i]
+                assert act.steps[i] == prev.steps[i] + 1
+            assert act.steps[i] >= 2 or not act.halted[i]  # exploration's minimum is at least 2
+        prev = act
+    assert seen_refill > BATCH and seen_keep > BATCH
+
+
+def test_tiny_run_learns_and_writes_metrics_plot_and_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "weights"
+    code = run.main(
+        [
+            "--preset",
+            "sudoku-4x4-tiny",
+            "--set",
+            f"data.cache_dir={tmp_path / 'data'}",
+            "--set",
+            "train.threads=1",
+            "--set",
+            "train.max_steps=150",
+            "--set",
+            "train.eval_every_steps=150",
+            "--run-dir",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--log-every",
+            "25",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 150 and summary["preset"] == "sudoku-4x4-tiny"
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [25, 50, 75, 100, 125, 150]
+    assert all(math.isfinite(r["lm_loss"]) for r in train)
+    assert train[-1]["lm_loss"] < 0.7 * train[0]["lm_loss"]
+    assert train[-1]["accuracy"] > train[0]["accuracy"] + 0.2
+    assert len(evals) == 1 and evals[0]["step"] == 150 and evals[0]["puzzles"] == 64
+    assert evals[0]["cell_accuracy"] > 0.6  # copying the givens alone scores about half the cells
+    assert (run_dir / "metrics.png").stat().st_size > 0
+    assert (run_dir / "state" / "state.json").is_file()
+
+    ckpt = load_checkpoint(run_dir / "checkpoint")
+    assert ckpt.config.seq_len == 16 and ckpt.config.family == "sudoku"
+    assert ckpt.config.training["preset"] == "sudoku-4x4-tiny"
+    copied = load_checkpoint(out)
+    assert copied.sha256 == ckpt.sha256
+    assert (out / "training_curves.png").stat().st_size > 0
+
+
+def grouped_set(variants_per_group: list[int]) -> PuzzleSet:
+    """One example per variant; puzzle ids are unique per variant and the input's first token names it."""
+    groups = np.repeat(np.arange(len(variants_per_group)), variants_per_group)
+    ids = np.arange(len(groups))
+    inputs = np.zeros((len(groups), 4), dtype=np.uint8)
+    inputs[:, 0] = ids
+    return PuzzleSet(inputs, inputs + 1, ids.astype(np.int32), groups.astype(np.int32))
+
+
+def jitter(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return inputs + rng.integers(0, 3, size=inputs.shape, dtype=np.uint8), labels
+
+
+def test_batch_stream_is_deterministic_given_seed_epoch_and_offset() -> None:
+    data = grouped_set([1 + g % 3 for g in range(12)])
+    a = BatchStream(data, 4, seed=5, augment=jitter)
+    b = BatchStream(data, 4, seed=5, augment=jitter)
+    seq_a = [a.next() for _ in range(9)]
+    seq_b = [b.next() for _ in range(9)]
+    for x, y in zip(seq_a, seq_b, strict=True):
+        assert np.array_equal(x.inputs, y.inputs) and np.array_equal(x.labels, y.labels)
+        assert np.array_equal(x.puzzle_ids, y.puzzle_ids)
+    # A stream started at (epoch 1, offset 4) continues exactly where the first one was: its 5th batch.
+    resumed = BatchStream(data, 4, seed=5, augment=jitter, epoch=1, offset=4)
+    for expected in seq_a[4:]:
+        got = resumed.next()
+        assert np.array_equal(got.inputs, expected.inputs) and np.array_equal(got.puzzle_ids, expected.puzzle_ids)
+    other = BatchStream(data, 4, seed=6, augment=jitter)
+    assert any(not np.array_equal(other.next().puzzle_ids, x.puzzle_ids) for x in seq_a[:3])
+
+
+def test_batch_stream_visits_every_group_once_per_epoch() -> None:
+    variants = [1 + g % 3 for g in range(12)]
+    data = grouped_set(variants)
+    group_of = np.asarray(data.groups)
+    stream = BatchStream(data, 4, seed=0)
+    assert stream.examples_per_epoch() == 12
+    seen_variants: set[int] = set()
+    for epoch in range(20):
+        groups = []
+        for _ in range(3):
+            batch = stream.next()
+            groups += group_of[batch.puzzle_ids].tolist()
+            seen_variants.update(batch.puzzle_ids.tolist())
+            assert stream.epoch == epoch
+        assert sorted(groups) == list(range(12)), f"epoch {epoch}"
+    assert seen_variants == set(range(len(group_of)))  # each group's variants are all drawn over time
+
+
+def test_batch_stream_drops_the_last_partial_batch_of_an_epoch() -> None:
+    data = grouped_set([1] * 12)
+    stream = BatchStream(data, 5, seed=0)
+    first = [stream.next() for _ in range(2)]
+    assert stream.epoch == 0
+    third = stream.next()
+    assert stream.epoch == 1 and stream.offset == 5
+    assert len(set(np.concatenate([b.puzzle_ids for b in first]).tolist())) == 10
+    assert len(set(third.puzzle_ids.tolist())) == 5

@@ -1,11 +1,14 @@
-"""Paper presets build exactly the reference models; presets are typed and overridable."""
+"""Paper presets: dry runs report the reference parameter counts; `--set` overrides apply, typos are rejected."""
+
+from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from training import run
-from training.config import load_preset
+from training.config import available_presets, load_preset
 
 PAPER = {
     "sudoku-extreme-mlp": 5_028_866,
@@ -17,30 +20,74 @@ PAPER = {
 }
 
 
-@pytest.mark.parametrize(("name", "count"), PAPER.items())
-def test_paper_preset_dry_run_reports_the_reference_parameter_count(name, count, capsys):
-    assert run.main(["--preset", name, "--dry-run"]) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["trainable_parameters"] == count
+def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resolved preset (all but the last line) and the summary (the last line) a dry run prints."""
+    assert run.main([*argv, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads("\n".join(lines[:-1])), json.loads(lines[-1])
 
 
-def test_paper_recipes_carry_the_reference_schedule():
-    mlp = load_preset("sudoku-extreme-mlp")
-    assert (mlp.model.h_cycles, mlp.model.l_cycles, mlp.model.mixer) == (3, 6, "mlp")
-    assert (mlp.train.lr, mlp.train.global_batch_size, mlp.train.lr_warmup_steps, mlp.train.ema_rate) == (
-        1e-4,
-        768,
-        2000,
-        0.999,
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_preset_dry_run_reports_reference_parameter_count(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    preset, summary = dry_run(capsys, "--preset", name)
+    assert summary["preset"] == name == preset["name"]
+    assert summary["trainable_parameters"] == PAPER[name]
+
+
+def test_every_preset_loads() -> None:
+    names = available_presets()
+    assert set(PAPER) <= set(names) and "sudoku-4x4-tiny" in names
+    for name in names:
+        assert load_preset(name).name == name
+
+
+def test_set_overrides_apply_to_model_data_and_train(capsys: pytest.CaptureFixture[str]) -> None:
+    preset, summary = dry_run(
+        capsys,
+        "--preset",
+        "sudoku-extreme-att",
+        "--set",
+        "model.l_cycles=4",
+        "--set",
+        "model.hidden_size=256",
+        "--set",
+        "train.lr=3e-4",
+        "--set",
+        "train.ema=false",
+        "--set",
+        "data.n_test=7",
     )
-    arc = load_preset("arc1")
-    assert (arc.model.l_cycles, arc.train.puzzle_emb_lr, arc.train.weight_decay) == (4, 1e-2, 0.1)
+    assert preset["model"]["l_cycles"] == 4 and preset["model"]["hidden_size"] == 256
+    assert preset["train"]["lr"] == 3e-4 and preset["train"]["ema"] is False
+    assert preset["data"]["n_test"] == 7
+    assert preset["model"]["training"]["overrides"] == [
+        "model.l_cycles=4",
+        "model.hidden_size=256",
+        "train.lr=3e-4",
+        "train.ema=false",
+        "data.n_test=7",
+    ]
+    assert summary["net_calls_per_step"] == 3 * (4 + 1)
+    assert summary["trainable_parameters"] < PAPER["sudoku-extreme-att"]
 
 
-def test_overrides_apply_and_unknown_keys_are_rejected():
-    preset = load_preset("sudoku-cpu", ["train.lr=3e-4", "model.h_cycles=3"])
-    assert preset.train.lr == 3e-4 and preset.model.h_cycles == 3
-    with pytest.raises(ValueError, match="unknown keys"):
-        load_preset("sudoku-cpu", ["train.learning_rate=1"])
-    with pytest.raises(ValueError, match="no preset"):
-        load_preset("sudoku-nope")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.hiden_size=64", r"\[model\] has unknown keys \['hiden_size'\]"),
+        ("train.learning_rate=1e-3", r"\[train\] has unknown keys \['learning_rate'\]; known: .*'lr'"),
+        ("optim.lr=1e-3", "section must be model, data or train"),
+        ("lr=1e-3", "must look like section.key=value"),
+        ("model.hidden_size", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_a_clear_error(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run.main(["--preset", "sudoku-4x4-tiny", "--set", override, "--dry-run"])
+
+
+def test_bad_values_and_unknown_presets_are_rejected() -> None:
+    with pytest.raises(ValueError, match="hidden_size must be divisible by num_heads"):
+        load_preset("sudoku-4x4-tiny", ["model.hidden_size=30"])
+    with pytest.raises(ValueError, match=r"no preset 'sudoku-huge'; available: .*sudoku-4x4-tiny"):
+        load_preset("sudoku-huge")

@@ -285,10 +285,10 @@ def write_csv(path: str | Path, questions: np.ndarray, labels: np.ndarray, sourc
 
 
 def _split(questions: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> PuzzleSet:
-    n = len(questions)
+    n, cells = len(questions), int(np.prod(questions.shape[1:]))  # explicit: an empty split cannot infer -1
     return PuzzleSet(
-        inputs=questions.reshape(n, -1),
-        labels=labels.reshape(n, -1),
+        inputs=questions.reshape(n, cells),
+        labels=labels.reshape(n, cells),
         puzzle_ids=np.zeros(n, dtype=np.int32),
         groups=np.arange(n, dtype=np.int32),
         extras={"path_length": lengths.astype(np.int32)},

@@ -369,10 +369,14 @@ def _unique_rows(grids: np.ndarray) -> np.ndarray:
 
 
 def _to_split(data: SudokuPuzzles) -> PuzzleSet:
-    n = len(data.puzzles)
+    n, cells = len(data.puzzles), int(np.prod(data.puzzles.shape[1:]))
+
+    def encode(grids: np.ndarray) -> np.ndarray:  # an empty split (evaluation builds no train) keeps [0, cells]
+        return encode_grids(grids) if n else np.zeros((0, cells), dtype=np.uint8)
+
     return PuzzleSet(
-        inputs=encode_grids(data.puzzles),
-        labels=encode_grids(data.solutions),  # the full solution, givens included, as in the reference
+        inputs=encode(data.puzzles),
+        labels=encode(data.solutions),  # the full solution, givens included, as in the reference
         puzzle_ids=np.zeros(n, dtype=np.int32),
         groups=np.arange(n, dtype=np.int32),
         extras={"rating": data.ratings.astype(np.int32)},
