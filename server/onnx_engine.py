@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from model.export_onnx import export_step, make_session
 
 from model.checkpoint import Checkpoint
+from model.export_onnx import export_step, make_session
 from server.engine import Engine, StepResult
 
 log = logging.getLogger(__name__)
