@@ -12,32 +12,18 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral
 from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START
+from training.data.compiled import fork_context, njit
 from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - same code in plain Python, much slower
-
-    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
-        return args[0] if args and callable(args[0]) else (lambda f: f)
-
-
 log = logging.getLogger(__name__)
-
-
-def _fork_context() -> multiprocessing.context.BaseContext:
-    """Fork where the OS has it: workers inherit the compiled kernels instead of re-importing this module."""
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
 
 
 CHUNK = 128  # mazes per generator task; fixed so output depends on the seed only, never on the worker count
@@ -184,7 +170,7 @@ def generate(
         results = [_run_chunk(t) for t in tasks]
     else:
         _run_chunk((0, 1, 5, 0.0, 0, 0.5, 100))  # compile once before forking workers
-        with ProcessPoolExecutor(workers, mp_context=_fork_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=fork_context()) as pool:
             results = list(pool.map(_run_chunk, tasks))
     if not results:
         return np.zeros((0, side, side), np.uint8), np.zeros((0, side, side), np.uint8), np.zeros(0, np.int32)

@@ -11,32 +11,18 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.puzzles.sudoku import encode_grids, is_valid_solution
+from training.data.compiled import fork_context, njit
 from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - same code in plain Python, ~100x slower; fine for 4x4 tests only
-
-    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
-        return args[0] if args and callable(args[0]) else (lambda f: f)
-
-
 log = logging.getLogger(__name__)
-
-
-def _fork_context() -> multiprocessing.context.BaseContext:
-    """Fork where the OS has it: workers inherit the compiled kernels instead of re-importing this module."""
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
 
 
 CHUNK = 256  # puzzles per generator task; fixed so output depends on the seed only, never on the worker count
@@ -266,7 +252,7 @@ def generate(
         results = [_run_chunk(t) for t in tasks]
     else:
         count_solutions(np.zeros((side, side), np.int8), limit=1)  # compile once before forking workers
-        with ProcessPoolExecutor(workers, mp_context=_fork_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=fork_context()) as pool:
             results = list(pool.map(_run_chunk, tasks))
     shape = (n, side, side)
     puzzles = np.concatenate([r[0] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)
