@@ -9,13 +9,7 @@ package; a missing browser is a failure with instructions, never a skip. Screens
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,10 +18,8 @@ from typing import Any
 
 import pytest
 
-from model.checkpoint import save_checkpoint
-from model.config import TRMConfig
 from model.puzzles import get_codec
-from model.trm import TRM
+from tests.server.conftest import start_server, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -65,27 +57,6 @@ window.fetch = async (input, init) => {
 """
 
 
-def _tiny(family: str, seq_len: int, vocab: int) -> TRMConfig:
-    return TRMConfig(
-        family=family,  # type: ignore[arg-type]
-        vocab_size=vocab,
-        seq_len=seq_len,
-        puzzle_emb_len=4,
-        hidden_size=32,
-        num_heads=4,
-        expansion=2.0,
-        h_cycles=2,
-        l_cycles=2,
-        halt_max_steps=6,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=10) as res:
@@ -98,37 +69,13 @@ def _get(url: str) -> tuple[int, Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m server` on a free port, serving a tiny Sudoku model and a tiny 15x15 maze model."""
     weights = tmp_path_factory.mktemp("weights")
-    for name, config in (("sudoku-tiny", _tiny("sudoku", 81, 11)), ("maze-tiny", _tiny("maze", 225, 6))):
-        save_checkpoint(TRM(config), config, weights / name)
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
-    cmd = [sys.executable, "-m", "server", "--weights-dir", str(weights), "--port", str(port), "--threads", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    write_checkpoint(weights / "sudoku-tiny", "sudoku", 81)
+    write_checkpoint(weights / "maze-tiny", "maze", 225)
+    proc = start_server(weights, tmp_path_factory.mktemp("server"), timeout=START_TIMEOUT_S)
     try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"server exited with {proc.returncode} before it was ready:\n{log.read()[-4000:]}")
-            try:
-                if _get(f"{base}/health/ready")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"server not ready within {START_TIMEOUT_S} s:\n{log.read()[-4000:]}")
-            time.sleep(0.2)
-        yield base
+        yield proc.base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,17 @@ Arrays are plain .npy so they can be memory-mapped: a split is read lazily, neve
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 CORE_ARRAYS = ("inputs", "labels", "puzzle_ids", "groups")
+CSV_HEADER = ["source", "question", "answer", "rating"]
+"""Columns of the public Sudoku-Extreme and Maze-Hard CSV files."""
 
 
 @dataclass
@@ -111,3 +115,24 @@ def load_split(root: str | Path, split: str, mmap: bool = True) -> PuzzleSet:
     arrays = {name: np.load(d / f"{name}.npy", mmap_mode=mode) for name in CORE_ARRAYS}
     extras = {p.stem: np.load(p, mmap_mode=mode) for p in sorted(d.glob("*.npy")) if p.stem not in CORE_ARRAYS}
     return PuzzleSet(**arrays, extras=extras)
+
+
+def read_csv_rows(path: str | Path, limit: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a public puzzle CSV after checking its header; at most `limit` rows."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != CSV_HEADER:
+            raise ValueError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
+        for count, (line, row) in enumerate(enumerate(reader, start=2)):
+            if limit is not None and count >= limit:
+                return
+            yield line, row
+
+
+def write_csv_rows(path: str | Path, rows: Iterable[list[object]]) -> None:
+    """Write rows under the public CSV header, so generated sets can be shared and re-read."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_HEADER)
+        writer.writerows(rows)

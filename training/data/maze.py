@@ -9,7 +9,6 @@ fraction of the remaining inner walls is knocked out so loops appear and the sho
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -21,13 +20,12 @@ import numpy as np
 from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral
 from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START
 from training.data.compiled import fork_context, njit
-from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
+from training.data.dataset import DatasetMeta, PuzzleSet, read_csv_rows, save_dataset, write_csv_rows
 
 log = logging.getLogger(__name__)
 
 
 CHUNK = 128  # mazes per generator task; fixed so output depends on the seed only, never on the worker count
-CSV_HEADER = ["source", "question", "answer", "rating"]
 
 
 @njit(cache=True)
@@ -218,22 +216,15 @@ def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np
     questions: list[str] = []
     answers: list[str] = []
     ratings: list[float] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise ValueError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
-        for line, row in enumerate(reader, start=2):
-            if limit is not None and len(questions) >= limit:
-                break
-            length = len(row[1]) if len(row) == 4 else -1
-            if length < 0 or math.isqrt(length) ** 2 != length or len(row[2]) != length or (
-                questions and length != len(questions[0])
-            ):
-                raise ValueError(f"{path}:{line}: expected 4 columns with equal square-length question and answer")
-            questions.append(row[1])
-            answers.append(row[2])
-            ratings.append(float(row[3] or 0))
+    for line, row in read_csv_rows(path, limit):
+        length = len(row[1]) if len(row) == 4 else -1
+        if length < 0 or math.isqrt(length) ** 2 != length or len(row[2]) != length or (
+            questions and length != len(questions[0])
+        ):
+            raise ValueError(f"{path}:{line}: expected 4 columns with equal square-length question and answer")
+        questions.append(row[1])
+        answers.append(row[2])
+        ratings.append(float(row[3] or 0))
     lookup = np.zeros(256, dtype=np.uint8)
     for tok, ch in enumerate(CHARS):
         if tok:
@@ -262,12 +253,13 @@ def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np
 def write_csv(path: str | Path, questions: np.ndarray, labels: np.ndarray, source: str = "generated") -> None:
     """Write mazes in the Maze-Hard CSV format; the rating column holds the shortest-path length."""
     chars = np.array(list(CHARS))
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
-        for q, a in zip(questions, labels, strict=True):
-            length = int((a == PATH).sum()) + 1
-            writer.writerow([source, "".join(chars[q.reshape(-1)]), "".join(chars[a.reshape(-1)]), length])
+    write_csv_rows(
+        path,
+        (
+            [source, "".join(chars[q.reshape(-1)]), "".join(chars[a.reshape(-1)]), int((a == PATH).sum()) + 1]
+            for q, a in zip(questions, labels, strict=True)
+        ),
+    )
 
 
 def _split(questions: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> PuzzleSet:

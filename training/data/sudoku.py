@@ -8,7 +8,6 @@ grid. Its branch-node count on the finished puzzle is the difficulty rating (0 =
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -20,13 +19,12 @@ import numpy as np
 
 from model.puzzles.sudoku import encode_grids, is_valid_solution
 from training.data.compiled import fork_context, njit
-from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
+from training.data.dataset import DatasetMeta, PuzzleSet, read_csv_rows, save_dataset, write_csv_rows
 
 log = logging.getLogger(__name__)
 
 
 CHUNK = 256  # puzzles per generator task; fixed so output depends on the seed only, never on the worker count
-CSV_HEADER = ["source", "question", "answer", "rating"]
 
 
 def _tables(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -271,20 +269,13 @@ def read_csv(path: str | Path, limit: int | None = None) -> SudokuPuzzles:
     questions: list[str] = []
     answers: list[str] = []
     ratings: list[int] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != CSV_HEADER:
-            raise ValueError(f"{path}: header is {header}, expected {','.join(CSV_HEADER)}")
-        for line, row in enumerate(reader, start=2):
-            if limit is not None and len(questions) >= limit:
-                break
-            if len(row) != 4 or len(row[1]) != 81 or len(row[2]) != 81:
-                raise ValueError(f"{path}:{line}: expected 4 columns with 81-character question and answer")
-            sources.append(row[0])
-            questions.append(row[1])
-            answers.append(row[2])
-            ratings.append(int(float(row[3] or 0)))
+    for line, row in read_csv_rows(path, limit):
+        if len(row) != 4 or len(row[1]) != 81 or len(row[2]) != 81:
+            raise ValueError(f"{path}:{line}: expected 4 columns with 81-character question and answer")
+        sources.append(row[0])
+        questions.append(row[1])
+        answers.append(row[2])
+        ratings.append(int(float(row[3] or 0)))
     q = _digits(questions, path, blank_ok=True)
     a = _digits(answers, path, blank_ok=False)
     for start in range(0, len(q), 65536):
@@ -306,13 +297,18 @@ def _digits(rows: list[str], path: str | Path, blank_ok: bool) -> np.ndarray:
 
 def write_csv(path: str | Path, data: SudokuPuzzles, source: str = "generated") -> None:
     """Write puzzles in the Sudoku-Extreme CSV format, so generated sets can be shared and re-read."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
-        for i in range(len(data.puzzles)):
-            q = "".join(str(v) if v else "." for v in data.puzzles[i].reshape(-1))
-            a = "".join(str(v) for v in data.solutions[i].reshape(-1))
-            writer.writerow([data.sources[i] if data.sources else source, q, a, int(data.ratings[i])])
+    write_csv_rows(
+        path,
+        (
+            [
+                data.sources[i] if data.sources else source,
+                "".join(str(v) if v else "." for v in data.puzzles[i].reshape(-1)),
+                "".join(str(v) for v in data.solutions[i].reshape(-1)),
+                int(data.ratings[i]),
+            ]
+            for i in range(len(data.puzzles))
+        ),
+    )
 
 
 def augment_batch(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
