@@ -288,8 +288,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             got = "missing" if kind is None else f"{kind!r}"
             raise ApiError(422, "invalid_request", f"kind must be one of {', '.join(SAMPLE_KINDS)}; got {got}", "kind")
         pool = samples.get(kind, [])
-        if kind == "maze" and max_side is not None:
-            pool = [m for m in pool if len(m) <= max_side]
+        if max_side is not None and kind in ("maze", "arc"):
+            pool = [p for p in pool if _sample_side(p) <= max_side]
         if not pool:
             raise ApiError(404, "no_sample", f"no {kind} sample available", "kind" if max_side is None else "max_side")
         index = secrets.randbelow(len(pool))
@@ -311,6 +311,14 @@ def _unparsable(cause: BaseException) -> str:
     if isinstance(cause, ValueError) and "digits" in str(cause):
         return "body is not valid JSON: a number has too many digits"
     return f"body could not be parsed ({type(cause).__name__})"
+
+
+def _sample_side(sample: Any) -> int:
+    """The side a model's square needs for a sample: a maze's row count, an ARC task's largest grid dimension."""
+    if isinstance(sample, dict):  # ARC: {"task_id", "task": {"train": [...], "test": [...]}}
+        grids = [g for pairs in sample["task"].values() for pair in pairs for g in pair.values()]
+        return max(max(len(g), len(g[0]) if g else 0) for g in grids)
+    return len(sample)
 
 
 def _load_samples(path: Path) -> dict[str, list[Any]]:

@@ -5,6 +5,10 @@ puzzles whose halting probability passes the threshold, that reach their `max_st
 passed are finished and their slots refilled from a bounded queue at the next tick. Easy puzzles therefore
 leave early and new ones never wait for a whole batch to run 16 steps.
 
+Two baseline policies exist only so benchmarks can measure that gain: `sequential` (one puzzle at a time) and
+`static` (textbook static batching: a batch is admitted together and keeps its shape, halted rows included,
+until its last puzzle halts; each puzzle is still answered as soon as it halts).
+
 `tick()` is synchronous, so tests drive the scheduler step by step; `Scheduler.start()` runs ticks in a worker
 thread, round-robin over the models that have work, so the event loop never blocks on compute. Completion and
 per-step callbacks are invoked from that thread; the HTTP layer hands them to its event loop.
@@ -130,6 +134,7 @@ class ModelScheduler:
         self.policy = policy
         self.observer = observer or NullObserver()
         self.slots: list[Job | None] = [None] * (1 if policy == "sequential" else engine.slots)
+        self._batch: list[int] = []  # static policy: the slots of the running batch, finished ones included
         self.queue: deque[Job] = deque()
         self.lock = threading.Lock()
 
@@ -179,6 +184,7 @@ class ModelScheduler:
             self.queue = alive
             if self.policy == "static" and self.running > 0:
                 return dropped  # static batching: the whole batch finishes before new puzzles start
+            self._batch = []
             for slot in range(len(self.slots)):
                 if not self.queue:
                     break
@@ -187,6 +193,7 @@ class ModelScheduler:
                     self.engine.load(slot, job.tokens, job.vector)
                     job.started_at = now
                     self.slots[slot] = job
+                    self._batch.append(slot)
         return dropped
 
     def tick(self) -> list[Job]:
@@ -202,6 +209,10 @@ class ModelScheduler:
         if not active:
             self.observer.gauges(self.name, len(self.queue), 0)
             return finished
+        if self.policy == "static":
+            # Textbook static batching keeps the batch's shape until its last puzzle halts: rows that already
+            # halted are still computed (as in a fixed-shape compiled graph) and their results discarded.
+            active = sorted(set(self._batch) | set(active))
         start = time.perf_counter()
         try:
             result = self.engine.step(active)
@@ -209,7 +220,8 @@ class ModelScheduler:
             log.exception("step of model %s failed for %d puzzles", self.name, len(active))
             for slot in active:
                 job = self.slots[slot]
-                assert job is not None
+                if job is None:
+                    continue
                 self._finish(slot, job, None, f"model step failed: {type(exc).__name__}: {exc}")
                 finished.append(job)
             return finished
@@ -218,7 +230,8 @@ class ModelScheduler:
         now = time.monotonic()
         for row, slot in enumerate(active):
             job = self.slots[slot]
-            assert job is not None
+            if job is None:
+                continue  # a halted row of a static batch
             job.compute_s += seconds
             job.steps_used += 1
             if not result.finite[row] or not math.isfinite(float(result.q_halt[row])):

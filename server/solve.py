@@ -130,9 +130,11 @@ class Solver:
         try:
             plan = self.arc_models[entry.name].plan(task, req.task_id, s.arc_max_variants, s.arc_variants)
         except UnknownTask as exc:
-            raise ApiError(
-                404, "unknown_task", f"model {entry.name!r} was not trained on task {req.task_id!r}", "task_id"
-            ) from exc
+            message = (
+                f"model {entry.name!r} was not trained on task {req.task_id!r}; "
+                "leave task_id out to adapt to the task's demonstrations instead"
+            )
+            raise ApiError(404, "unknown_task", message, "task_id") from exc
         prep = Prepared(req, entry, task, [], arrived, arc=plan)
         if plan.vectors is not None:
             self._arc_jobs(prep)

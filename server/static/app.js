@@ -264,7 +264,7 @@ function setKind(kind) {
 async function generate() {
   clearError();
   const params = new URLSearchParams({ kind: state.kind });
-  if (state.kind === "maze") {
+  if (state.kind === "maze" || state.kind === "arc") {
     const m = selectedModel();
     const sides = $("#model").value && m ? [m.grid_size] : modelsOfKind().map((x) => x.grid_size);
     if (sides.length) params.set("max_side", String(Math.max(...sides)));
@@ -322,7 +322,7 @@ function buildRequest() {
     body.grid = $("#sudoku-text").value.replace(/\s+/g, "");
     return { body, input: sudokuGrid(sudokuValues()) };
   }
-  if (state.kind === "maze") {
+  if (state.kind === "maze" || state.kind === "arc") {
     body.grid = mazeRows($("#maze-text").value);
     return { body, input: body.grid };
   }

@@ -44,16 +44,18 @@ class Steer:
         self.halt_at: dict[int, int] = {}  # job id -> step at which its halting head fires
         self.nan_at: dict[int, int] = {}  # job id -> step whose result is marked non-finite
         self.batches: list[list[int]] = []  # job ids of every step, in slot order
+        self.rows: list[int] = []  # rows computed by every step (a static batch keeps its halted rows)
 
     def __call__(self, slots: Sequence[int], result: StepResult | None) -> StepResult | None:
         if result is None:
             return None
         jobs = [self.sched.slots[s] for s in slots]
-        assert all(job is not None for job in jobs)
+        self.rows.append(len(jobs))
         self.batches.append([job.id for job in jobs if job is not None])
         q_halt, finite = result.q_halt.copy(), result.finite.copy()
         for row, job in enumerate(jobs):
-            assert job is not None
+            if job is None:  # a halted row that a static batch still computes
+                continue
             step = job.steps_used + 1  # the scheduler counts the step after the engine returns
             if self.halt_at.get(job.id) == step:
                 q_halt[row] = 20.0
@@ -344,6 +346,18 @@ def test_static_policy_starts_no_puzzle_until_the_whole_batch_finished() -> None
     sched.tick()
     assert sched.slots[0] is c
     assert steer.batches == [[a.id, b.id], [b.id], [b.id], [c.id]]
+    assert steer.rows == [2, 2, 2, 1]  # a's row is computed until b, the batch's last puzzle, halts
+
+
+def test_continuous_policy_computes_only_occupied_rows() -> None:
+    sched, steer = scheduler(slots=2)
+    a, b = (make_job(sched.engine, seed=i, max_steps=3) for i in range(2))
+    steer.halt_at[a.id] = 1
+    for job in (a, b):
+        sched.submit(job)
+    while sched.has_work:
+        sched.tick()
+    assert steer.rows == [2, 1, 1]
 
 
 def test_sequential_policy_runs_one_puzzle_at_a_time() -> None:

@@ -243,6 +243,10 @@ def test_random_puzzle_serves_each_kind(server: str) -> None:
     status, arc = _get(f"{server}/puzzles/random?kind=arc")
     assert status == 200 and arc["puzzle"] == "arc" and arc["task_id"]
     assert all(set(pair) == {"input"} for pair in arc["task"]["test"])  # test outputs are not shipped
+    for _ in range(5):  # a 10x10-canvas ARC model only gets tasks whose every grid fits it
+        status, arc = _get(f"{server}/puzzles/random?kind=arc&max_side=10")
+        grids = [g for pairs in arc["task"].values() for pair in pairs for g in pair.values()]
+        assert status == 200 and all(len(g) <= 10 and len(g[0]) <= 10 for g in grids)
 
 
 def test_random_puzzle_rejects_an_unknown_kind_naming_the_field(server: str) -> None:
