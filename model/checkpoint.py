@@ -113,3 +113,13 @@ def read_card_metrics(directory: str | Path) -> dict[str, object]:
         return {}
     data = json.loads(path.read_text())
     return data if isinstance(data, dict) else {}
+
+
+DEFAULT_HALT_THRESHOLD = 0.5  # the reference's rule: halt when q_halt > 0
+
+
+def card_threshold(card: dict[str, object]) -> float:
+    """The halting threshold `python -m training.calibrate` stored in a card's metrics.json, else 0.5."""
+    halting = card.get("halting")
+    value = halting.get("threshold") if isinstance(halting, dict) else None
+    return float(value) if isinstance(value, int | float) and 0 < value < 1 else DEFAULT_HALT_THRESHOLD

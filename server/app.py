@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(registry.load)
         schedulers = {
             name: ModelScheduler(
-                name, entry.engine, settings.queue_capacity, settings.halt_threshold, settings.scheduler_policy, metrics
+                name, entry.engine, settings.queue_capacity, entry.halt_threshold, settings.scheduler_policy, metrics
             )
             for name, entry in registry.models.items()
         }

@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, read_card_metrics
+from model.checkpoint import (
+    CONFIG_FILE,
+    Checkpoint,
+    CheckpointError,
+    card_threshold,
+    load_checkpoint,
+    read_card_metrics,
+)
 from model.config import TRMConfig
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
@@ -36,6 +43,7 @@ class ModelEntry:
     card: dict[str, Any] = field(default_factory=dict)
     identifiers: list[str] = field(default_factory=list)
     """Puzzle-id names (ARC task variants); index = row of the puzzle table."""
+    threshold_override: float | None = None
 
     @property
     def config(self) -> TRMConfig:
@@ -44,6 +52,11 @@ class ModelEntry:
     @property
     def family(self) -> str:
         return self.config.family
+
+    @property
+    def halt_threshold(self) -> float:
+        """The settings' threshold when set, else the one calibrated for this checkpoint, else 0.5."""
+        return self.threshold_override or card_threshold(self.card)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -56,6 +69,7 @@ class ModelEntry:
             "sha256": self.checkpoint.sha256,
             "backend": self.engine.backend,
             "provider": self.engine.provider,
+            "halt_threshold": self.halt_threshold,
             "slots": self.engine.slots,
             "card": self.card,
             "known_tasks": len({n.split("|||")[0] for n in self.identifiers if n != "<blank>"}),
@@ -105,6 +119,7 @@ class Registry:
                     engine=build_engine(ckpt, self.settings),
                     card=read_card_metrics(path),
                     identifiers=_identifiers(path),
+                    threshold_override=self.settings.halt_threshold,
                 )
                 entry.engine.warm_up()
             except (CheckpointError, ValueError, OSError) as exc:

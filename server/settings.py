@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     """Supervision steps when a request does not say; 0 = the model's halt_max_steps."""
     max_steps_limit: int = Field(64, ge=1)
     """Largest max_steps a request may ask for."""
-    halt_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    """A puzzle halts when sigmoid(q_halt) reaches this (0.5 = the reference's q_halt > 0)."""
+    halt_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    """A puzzle halts when sigmoid(q_halt) reaches this. Unset: each model's calibrated threshold from its
+    metrics.json (`python -m training.calibrate`), else 0.5, the reference's q_halt > 0."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline per puzzle, queue wait included; past it the answer is 504."""
     max_body_bytes: int = Field(1 << 20, ge=1024)

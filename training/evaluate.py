@@ -3,8 +3,9 @@
     python -m training.evaluate --weights weights/sudoku-9x9 --data generate:sudoku:1000:30:40 [--halt adaptive]
 
 One pass runs every puzzle for `halt_max_steps` steps and records, per puzzle, the answer at the first step
-whose halting probability passes 0.5 (adaptive) and the answer after the last step (`never`), so both figures
-come from the same computation. The last line of stdout is JSON.
+whose halting probability reaches the threshold (adaptive; the checkpoint's calibrated one from
+`training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures come from the
+same computation. The last line of stdout is JSON.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def evaluate_model(
     limit: int = 0,
     progress: bool = False,
     keep_predictions: bool = False,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Exact and per-cell accuracy after `max_steps` (halt never) and at the adaptive halting step."""
     device = device or next(model.parameters()).device
@@ -83,7 +85,7 @@ def evaluate_model(
         q_at = torch.zeros(b, device=device)
         pred, q_halt = adaptive, q_at
         for step, pred, q_halt in run_steps(model, inputs, ids, max_steps, dtype):
-            newly = (halted_at == 0) & ((q_halt > 0) | (step == max_steps))
+            newly = (halted_at == 0) & ((torch.sigmoid(q_halt) >= threshold) | (step == max_steps))
             adaptive[newly] = pred[newly]
             q_at[newly] = torch.sigmoid(q_halt[newly])
             halted_at[newly] = step
@@ -110,6 +112,7 @@ def evaluate_model(
         "adaptive_cell_accuracy": sums["ad_cells"] / max(1, sums["cells_total"]),
         "mean_steps": sums["steps"] / max(1, n),
         "max_steps": max_steps,
+        "halt_threshold": threshold,
         "seconds": round(elapsed, 2),
     }
     if keep_predictions:
@@ -133,7 +136,7 @@ def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
         **chosen,
         "mean_steps": result["mean_steps"] if halt == "adaptive" else result["max_steps"],
         "never": never,
-        "adaptive": {**adaptive, "mean_steps": result["mean_steps"]},
+        "adaptive": {**adaptive, "mean_steps": result["mean_steps"], "halt_threshold": result["halt_threshold"]},
         "puzzles": result["puzzles"],
         "seconds": result["seconds"],
     }
@@ -148,7 +151,7 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import card_threshold, load_checkpoint, read_card_metrics
     from training.data.sources import load_eval_data
     from training.evaluate_arc import add_arc_arguments, run_arc
 
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED]",
     )
     parser.add_argument("--halt", choices=["adaptive", "never"], default="adaptive")
+    parser.add_argument(
+        "--halt-threshold", type=float, help="adaptive halting probability (default: the calibrated one, else 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
     parser.add_argument("--device", default="auto")
@@ -182,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
-    result = evaluate_model(model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True)
+    threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights))
+    result = evaluate_model(
+        model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True, threshold=threshold
+    )
     summary = {"weights": str(Path(args.weights)), "data": args.data, **headline(result, args.halt)}
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)

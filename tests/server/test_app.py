@@ -144,6 +144,19 @@ def test_adaptive_halting_stops_when_the_head_fires_and_never_uses_exactly_max_s
     assert never["steps_used"] == 9 and never["halted_by"] == "max_steps" and len(never["steps"]) == 9
 
 
+@pytest.mark.parametrize(("override", "steps"), [(None, 4), (0.5, 1)])
+def test_a_calibrated_card_threshold_applies_unless_the_settings_set_one(
+    tmp_path: Path, override: float | None, steps: int
+) -> None:
+    # The head says halt with probability sigmoid(5) = 0.993: enough for 0.5, not for the card's 0.999.
+    ckpt = write_checkpoint(tmp_path / "halts", "sudoku", 81, seed=4, q_halt_bias=5.0)
+    (ckpt / "metrics.json").write_text(json.dumps({"halting": {"threshold": 0.999}}))
+    with TestClient(create_app(make_settings(tmp_path, halt_threshold=override))) as client:
+        assert client.get("/models").json()["models"][0]["halt_threshold"] == (override or 0.999)
+        body = solve(client, puzzle="sudoku", grid=sudoku_puzzle(), max_steps=4).json()
+    assert body["steps_used"] == steps
+
+
 def test_stream_sends_one_step_event_per_step_then_the_result(client: TestClient) -> None:
     with client.stream("POST", "/solve", json={"puzzle": "maze", "grid": MAZE_10, "stream": True}) as response:
         assert response.status_code == 200

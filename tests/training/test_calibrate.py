@@ -1,0 +1,81 @@
+"""Halting-threshold calibration: the sweep on a hand-made trace, the choice rule, and the card round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import card_threshold, save_checkpoint
+from tests.training.test_evaluate import inputs_for, manual_steps, puzzle_set, tiny_model
+from training import calibrate
+from training.calibrate import choose, sweep, trace
+from training.evaluate import evaluate_model
+
+# Three puzzles, four steps. Puzzle 0 is right from step 2 on; puzzle 1 only at step 4; puzzle 2 is right at step 1
+# and broken by step 3 (recursion can drift away from a right answer).
+CORRECT = np.array([[0, 0, 1], [1, 0, 1], [1, 0, 0], [1, 1, 0]], dtype=bool)
+PROBS = np.array([[0.6, 0.1, 0.7], [0.92, 0.2, 0.97], [0.99, 0.3, 0.99], [0.99, 0.5, 0.99]])
+
+
+def test_sweep_halts_each_puzzle_at_its_first_step_over_the_threshold() -> None:
+    rows = {r["threshold"]: r for r in sweep(CORRECT, PROBS, (0.5, 0.9, 0.95, 0.99))}
+    # 0.5: puzzle 0 halts at step 1 (wrong), 1 at step 4 (right), 2 at step 1 (right).
+    assert rows[0.5] == {"threshold": 0.5, "exact_accuracy": pytest.approx(2 / 3, abs=1e-4), "mean_steps": 2.0}
+    # 0.9: steps 2, 4 (never passes: forced at the last step), 2 -> all right.
+    assert rows[0.9]["exact_accuracy"] == 1.0 and rows[0.9]["mean_steps"] == pytest.approx(8 / 3, abs=1e-3)
+    # 0.99: steps 3, 4, 3 -> puzzle 2 has drifted to a wrong answer.
+    assert rows[0.99]["exact_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_choose_takes_the_lowest_threshold_within_tolerance_else_the_most_accurate() -> None:
+    rows = sweep(CORRECT, PROBS, (0.5, 0.9, 0.95, 0.99))
+    never = CORRECT[-1].mean()  # 2/3
+    assert choose(rows, never, tolerance=0.005) == 0.5  # 0.5 already matches `never`
+    assert choose(rows, 1.0, tolerance=0.005) == 0.9  # only 0.9 and 0.95 reach 1.0; the lower wins
+    assert choose(rows, 1.5, tolerance=0.0) == 0.9  # none qualifies: the most accurate, fewest steps
+
+
+def test_trace_matches_the_manual_step_loop() -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    inputs = inputs_for(8)
+    preds, qs = manual_steps(model, inputs)
+    labels = preds[1].copy()
+    correct, probs = trace(model, puzzle_set(inputs, labels), batch_size=3)
+    assert correct.shape == probs.shape == (model.config.halt_max_steps, 8)
+    assert correct[1].all()
+    expected = [[np.array_equal(p[i], labels[i]) for i in range(8)] for p in preds]
+    assert np.array_equal(correct, np.array(expected))
+    assert np.allclose(probs, torch.sigmoid(torch.as_tensor(np.stack(qs))).numpy(), atol=1e-6)
+
+
+def test_evaluate_uses_the_threshold_it_is_given() -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    data = puzzle_set(inputs_for(16), np.ones((16, 16), np.uint8))
+    correct, probs = trace(model, data)
+    for t in (0.3, 0.6, 0.9):
+        expected = sweep(correct, probs, (t,))[0]["mean_steps"]
+        assert evaluate_model(model, data, threshold=t)["mean_steps"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_cli_stores_the_threshold_in_the_card_and_the_card_reader_returns_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    (weights / "metrics.json").write_text(json.dumps({"heldout": {"exact_accuracy": 0.5}}))
+    assert calibrate.main(["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    card = json.loads((weights / "metrics.json").read_text())
+    assert card["heldout"] == {"exact_accuracy": 0.5}  # other card figures are kept
+    assert card["halting"] == printed and printed["puzzles"] == 12
+    assert printed["threshold"] in [row["threshold"] for row in printed["sweep"]]
+    assert card_threshold(card) == printed["threshold"]
+
+
+@pytest.mark.parametrize("card", [{}, {"halting": {"threshold": 1.5}}, {"halting": "0.9"}, {"halting": {}}])
+def test_card_threshold_falls_back_to_the_reference_rule(card: dict[str, object]) -> None:
+    assert card_threshold(card) == 0.5
