@@ -25,10 +25,13 @@ class SolveRequest(BaseModel):
     task: Any = Field(None, description='ARC: {"train": [{"input": G, "output": G}, ...], "test": [{"input": G}, ...]}')
     task_id: str | None = Field(None, max_length=128, description="ARC: a task the model was trained on")
     model: ModelName | None = None
-    max_steps: int | None = Field(None, ge=1, description="supervision steps at most (default: the model's)")
+    # Strict: JSON `true` is not a step count and `1` or "yes" is not a flag (lax parsing would accept both).
+    max_steps: int | None = Field(
+        None, ge=1, strict=True, description="supervision steps at most (default: the model's)"
+    )
     halt: Literal["adaptive", "never"] = "adaptive"
-    return_steps: bool = False
-    stream: bool = False
+    return_steps: bool = Field(False, strict=True)
+    stream: bool = Field(False, strict=True)
 
 
 class BatchRequest(BaseModel):

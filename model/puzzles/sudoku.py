@@ -97,9 +97,10 @@ class SudokuCodec(Codec):
         return grid
 
     def _parse_string(self, raw: str) -> np.ndarray:
-        s, n = raw.strip(), self.side * self.side
+        # Whitespace is layout, not content: a grid pasted as 9 lines (or with spaced digits) reads the same.
+        s, n = "".join(raw.split()), self.side * self.side
         if len(s) != n:
-            raise PuzzleError(f"grid has {len(s)} characters, expected {n}")
+            raise PuzzleError(f"grid has {len(s)} characters other than whitespace, expected {n}")
         values = np.zeros(n, dtype=np.int8)
         for i, ch in enumerate(s):
             if ch in ".0":

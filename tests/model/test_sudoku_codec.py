@@ -80,6 +80,13 @@ def _with(r: int, c: int, value: object) -> list[list[object]]:
     return grid
 
 
+def test_a_string_grid_may_be_laid_out_with_whitespace(codec: SudokuCodec) -> None:
+    flat = "".join(str(v) for row in PUZZLE for v in row)
+    lines = "\n".join(" ".join(flat[r * 9 : r * 9 + 9]) for r in range(9)) + "\n"
+    assert np.array_equal(codec.parse(lines), codec.parse(flat))
+    assert np.array_equal(codec.parse(flat), np.array(PUZZLE))
+
+
 @pytest.mark.parametrize(
     ("raw", "message", "field"),
     [
@@ -93,7 +100,7 @@ def _with(r: int, c: int, value: object) -> list[list[object]]:
         (_with(1, 1, 5.0), "grid[1][1] is 5.0, expected 0..9", "grid[1][1]"),
         (_with(1, 1, None), "grid[1][1] is None, expected 0..9", "grid[1][1]"),
         ({"grid": 1}, "grid must be a 9x9 list", "grid"),
-        ("1" * 80, "grid has 80 characters, expected 81", "grid"),
+        ("1" * 80, "grid has 80 characters other than whitespace, expected 81", "grid"),
         ("x" + "." * 80, "grid character 1 (row 1, column 1) is 'x'", "grid"),
         ("." * 80 + "é", "grid character 81 (row 9, column 9) is 'é'", "grid"),
     ],

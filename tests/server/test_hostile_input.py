@@ -92,11 +92,18 @@ def test_integer_past_pythons_digit_limit_is_400_naming_the_body(client: TestCli
     assert err["field"] == "body" and "too many digits" in err["message"]
 
 
-@pytest.mark.parametrize("value", [str(10**400), "1e308", "-1e308", "1.5", '"many"'])
+@pytest.mark.parametrize("value", [str(10**400), "1e308", "-1e308", "1.5", '"many"', "true", '"3"', "2.0"])
 def test_huge_or_odd_max_steps_is_422_naming_max_steps(client: TestClient, value: str) -> None:
     grid = json.dumps(sudoku_puzzle())
     err = error_of(post(client, f'{{"puzzle": "sudoku", "grid": {grid}, "max_steps": {value}}}'), 422)
     assert err["field"] == "max_steps"
+
+
+@pytest.mark.parametrize(("field", "value"), [("return_steps", "1"), ("stream", '"true"'), ("return_steps", '"yes"')])
+def test_flags_take_json_booleans_only(client: TestClient, field: str, value: str) -> None:
+    grid = json.dumps(sudoku_puzzle())
+    err = error_of(post(client, f'{{"puzzle": "sudoku", "grid": {grid}, "{field}": {value}}}'), 422)
+    assert err["field"] == field
 
 
 # ---------------------------------------------------------------------------------------------------- content types
