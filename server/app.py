@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -88,15 +89,32 @@ def _track(prep: Prepared) -> asyncio.Event:
 
 
 async def _wait(done: asyncio.Event, prep: Prepared, request: Request | None, service: Service) -> None:
-    """Wait for the request's jobs; if the client disconnects meanwhile, cancel them to free their slots."""
+    """Wait for the request's jobs; if the client disconnects meanwhile, cancel them to free their slots.
+
+    The scheduler enforces deadlines between steps, so a step that never returns would hold its requests
+    forever; past the deadline plus `stall_grace_s` the request is cancelled and answered 504 without it.
+    """
+    settings = service.settings
+    give_up = prep.arrived + settings.request_timeout_s + settings.stall_grace_s
+    cancelled = False
     while not done.is_set():
+        if time.monotonic() >= give_up:
+            for job in prep.jobs:
+                service.scheduler.cancel(job, "deadline")
+            service.record(prep, "stalled")
+            raise ApiError(
+                504,
+                "deadline_exceeded",
+                f"puzzle not finished within the {math.ceil(settings.request_timeout_s)} s deadline: "
+                f"the model step has been running for {service.scheduler.tick_running_s:.0f} s",
+            )
         try:
             await asyncio.wait_for(done.wait(), timeout=POLL_S)
         except TimeoutError:
-            if request is not None and await request.is_disconnected():
+            if not cancelled and request is not None and await request.is_disconnected():
                 for job in prep.jobs:
                     service.scheduler.cancel(job)
-                await done.wait()
+                cancelled = True
 
 
 def _answer(service: Service, prep: Prepared) -> SolveResponse:
@@ -264,7 +282,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/health/ready", responses={503: {"description": "not ready: loading or draining"}})
     async def ready(request: Request) -> JSONResponse:
         service: Service | None = getattr(request.app.state, "service", None)
-        ok = service is not None and service.ready and not service.scheduler.draining
+        ok = (
+            service is not None
+            and service.ready
+            and not service.scheduler.draining
+            and service.scheduler.tick_running_s < settings.request_timeout_s + settings.stall_grace_s
+        )
         return JSONResponse({"status": "ready" if ok else "not_ready"}, status_code=200 if ok else 503)
 
     @app.get("/metrics", dependencies=[Depends(auth_protected)], response_class=PlainTextResponse)
@@ -367,6 +390,7 @@ def _stream(service: Service, prep: Prepared, request: Request) -> StreamingResp
                     previous[0] = state.solution
                     yield _sse("step", state.model_dump())
                 try:
+                    waiter.result()  # raises the 504 of a hung step
                     yield _sse("result", _answer(service, prep).model_dump())
                 except ApiError as exc:
                     yield _sse("error", {"status": exc.status, **exc.body(), **exc.extra})

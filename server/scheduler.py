@@ -274,6 +274,7 @@ class Scheduler:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.draining = False
+        self._tick_since: float | None = None  # monotonic start of the tick in progress on the worker thread
 
     def submit(self, model: str, job: Job) -> None:
         if self.draining:
@@ -301,6 +302,12 @@ class Scheduler:
     def busy(self) -> bool:
         return any(m.has_work for m in self.models.values())
 
+    @property
+    def tick_running_s(self) -> float:
+        """How long the worker's current tick has run (0 when idle): a hung step shows up here."""
+        since = self._tick_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def tick(self) -> list[Job]:
         """One tick of the next model (round-robin) that has work."""
         for _ in range(len(self._order)):
@@ -317,11 +324,14 @@ class Scheduler:
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
+            self._tick_since = time.monotonic()
             try:
                 self.tick()
             except Exception:  # never let the worker die: log and keep serving
                 log.exception("scheduler tick failed")
                 time.sleep(0.01)
+            finally:
+                self._tick_since = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="trm-scheduler", daemon=True)

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     metrics.json (`python -m training.calibrate`), else 0.5, the reference's q_halt > 0."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Deadline per puzzle, queue wait included; past it the answer is 504."""
+    stall_grace_s: float = Field(5.0, gt=0)
+    """A step still running this long past a request's deadline counts as hung: the request gets 504 without
+    waiting for it, and /health/ready says not ready until the step returns."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
     """Larger request bodies get 413 before they are read."""
     max_batch_requests: int = Field(256, ge=1)

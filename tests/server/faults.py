@@ -9,6 +9,7 @@ the MARKERS below, triggers that fault whenever it sits in a batch. Any other pu
 * raise: the step raises before computing, so every puzzle of that batch fails (500) and the next batch runs.
 * nan:   the step's q_halt for that puzzle's row becomes NaN; only that puzzle fails (500, non-finite).
 * slow:  the step sleeps SLOW_S first, longer than the test server's deadline (504 for that batch).
+* hang:  the step sleeps HANG_S, far past the deadline plus the stall grace: the request must not wait for it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import numpy as np
 from server.engine import Engine, StepResult
 
 SLOW_S = 2.5
+HANG_S = 8.0
 MARKERS = {
     "raise": [1, 2, 3, 4, 5, 6, 7, 8, 9],
     "nan": [9, 8, 7, 6, 5, 4, 3, 2, 1],
     "slow": [2, 3, 4, 5, 6, 7, 8, 9, 1],
+    "hang": [3, 4, 5, 6, 7, 8, 9, 1, 2],
 }
 
 
@@ -54,6 +57,8 @@ class FaultHook:
                 raise RuntimeError("injected fault: the step raised")
             if "slow" in faults:
                 time.sleep(SLOW_S)
+            if "hang" in faults:
+                time.sleep(HANG_S)
             return None
         if "nan" not in faults:
             return None

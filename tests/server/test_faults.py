@@ -18,9 +18,10 @@ import pytest
 from server.registry import Registry
 from server.settings import Settings
 from tests.server.conftest import ROOT, ServerProcess, free_port, start_server, sudoku_puzzle, write_checkpoint
-from tests.server.faults import SLOW_S, marked
+from tests.server.faults import HANG_S, SLOW_S, marked
 
 DEADLINE_S = 1.5  # the server's request_timeout_s: shorter than faults.SLOW_S
+GRACE_S = 1.5  # the server's stall_grace_s: a SLOW_S step still ends within DEADLINE_S + GRACE_S, a hang does not
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
@@ -52,6 +53,8 @@ def server(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "skip",
         "--request-timeout-s",
         str(DEADLINE_S),
+        "--stall-grace-s",
+        str(GRACE_S),
         "--slots",
         "4",
     )
@@ -115,6 +118,22 @@ def test_step_slower_than_the_deadline_answers_504_and_the_scheduler_keeps_going
     assert live and live[0][0] == 200, live  # the event loop answered while the step was running
 
     after = http.post("/solve", json=plain(3))
+    assert after.status_code == 200, after.text
+
+
+def test_hung_step_answers_504_without_waiting_for_it_and_readiness_reflects_it(http: httpx.Client) -> None:
+    start = time.monotonic()
+    hung = http.post("/solve", json={"puzzle": "sudoku", "grid": marked("hang")})
+    elapsed = time.monotonic() - start
+    assert hung.status_code == 504, hung.text
+    assert hung.json()["error"] == "deadline_exceeded" and "has been running" in hung.json()["message"]
+    assert DEADLINE_S + GRACE_S <= elapsed < HANG_S  # answered while the step was still hung
+    assert http.get("/health/ready").status_code == 503  # the worker is stuck: route traffic elsewhere
+    assert http.get("/health/live").status_code == 200
+
+    time.sleep(HANG_S - elapsed + 0.5)  # the step returns; the cancelled puzzle is dropped, service resumes
+    assert http.get("/health/ready").status_code == 200
+    after = http.post("/solve", json=plain(4))
     assert after.status_code == 200, after.text
 
 
