@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     """Adam learning rate of the fitted puzzle vectors."""
     arc_adapt_supervision_steps: int = Field(1, ge=1, le=16)
     """Supervision steps per adaptation step, carrying the carry forward; each one multiplies its cost."""
+
+    @model_validator(mode="after")
+    def _metrics_key(self) -> Settings:
+        if self.protect_metrics and not self.api_key:
+            raise ValueError("protect_metrics needs api_key: without a key there is nothing to protect /metrics with")
+        return self
 
     @field_validator("models", mode="before")
     @classmethod

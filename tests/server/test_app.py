@@ -10,6 +10,8 @@ import asyncio
 import copy
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -483,3 +485,15 @@ def test_protect_metrics_requires_the_key_for_metrics_and_models_but_not_health(
             assert client.get(path, headers={"authorization": "Bearer s3cret"}).status_code == 200, path
         for path in ("/health/live", "/health/ready"):
             assert client.get(path).status_code == 200, path
+
+
+def test_protect_metrics_without_a_key_is_refused_at_start_up(weights: Path) -> None:
+    with pytest.raises(ValueError, match="protect_metrics needs api_key"):
+        make_settings(weights, protect_metrics=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--weights-dir", str(weights), "--protect-metrics"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "protect_metrics needs api_key" in proc.stderr
