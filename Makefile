@@ -5,12 +5,12 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,cpu
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS ?=
 PRESET ?= sudoku-cpu
 
-.PHONY: install serve test lint train bench clean
+.PHONY: install serve test lint train bench bench-model clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.serve $(ARGS)
+
+bench-model: $(STAMP)
+	$(BIN)/python -m benchmarks.model $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -122,8 +122,9 @@ async def open_loop(url: str, puzzles: list[str], rate: float, duration: float, 
 
 
 def start_server(
-    weights_dir: str, model: str, policy: str, threads: int, slots: int
+    weights_dir: str, model: str, policy: str, threads: int, slots: int, backend: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m server` on a free port and wait until it is ready; `backend` None keeps the server's."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -148,6 +149,8 @@ def start_server(
         "--request-timeout-s",
         "600",
     ]
+    if backend is not None:
+        cmd += ["--backend", backend]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -162,6 +165,17 @@ def start_server(
         time.sleep(0.3)
     proc.kill()
     raise RuntimeError("server did not become ready")
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM (the server drains) and wait; a server still up after `timeout` is killed, then the wait raises."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def raw_model(weights_dir: str, model: str, puzzles: list[str], slots: int, threads: int) -> dict[str, Any]:
@@ -226,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{policy:>10} open {cells['open']}", flush=True)
             results["policies"][policy] = cells
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_server(proc)
 
     print()
     print(
