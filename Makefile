@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS ?=
 PRESET ?= sudoku-cpu
 
-.PHONY: install serve test lint train bench bench-model clean
+.PHONY: install serve test lint train bench bench-model compare clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ bench: $(STAMP)
 
 bench-model: $(STAMP)
 	$(BIN)/python -m benchmarks.model $(ARGS)
+
+compare: $(STAMP)
+	$(BIN)/python -m benchmarks.compare_models $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

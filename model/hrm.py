@@ -18,6 +18,7 @@ from model.trm import TRM
 
 class HRM(TRM):
     arch = "hrm"
+    network_names = ("l_net", "h_net")
 
     def build_networks(self) -> None:
         self.l_net = ReasoningNet(self.config)  # f_L, `num_layers` blocks

@@ -73,9 +73,17 @@ class TRM(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
 
+    network_names: tuple[str, ...] = ("net",)
+    """The sub-networks `build_networks` creates: what `compile_networks` compiles."""
+
     def build_networks(self) -> None:
         """TRM: ONE network does both the latent and the answer update."""
         self.net = ReasoningNet(self.config)
+
+    def compile_networks(self, **options: object) -> None:
+        """`torch.compile` each reasoning network in place (the step around them stays eager)."""
+        for name in self.network_names:
+            setattr(self, name, torch.compile(getattr(self, name), **options))  # type: ignore[call-overload]
 
     def halting_logit(self, q_halt: Tensor, q_continue: Tensor) -> Tensor:
         """The logit whose sign decides halting at inference: TRM halts when q_halt > 0."""

@@ -120,7 +120,7 @@ class TorchEngine(Engine):
         self.provider = f"{device.type}" + ("" if dtype == torch.float32 else f"/{str(dtype).split('.')[-1]}")
         self.model = model.to(device).eval()
         if compile_model:
-            self.model.net = torch.compile(self.model.net, dynamic=False)  # type: ignore[assignment,arg-type]
+            self.model.compile_networks(dynamic=False)  # type: ignore[operator]
         carry = self.model.initial_carry(slots, device)  # type: ignore[operator]
         self.y: Tensor = carry.y.to(dtype)
         self.z: Tensor = carry.z.to(dtype)

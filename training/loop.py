@@ -131,7 +131,7 @@ class Trainer:
         self.model.train()
         self.step_fn = self.model.step  # type: ignore[attr-defined]
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
-            self.model.net = torch.compile(self.model.net)  # type: ignore[assignment]
+            self.model.compile_networks()  # type: ignore[operator]
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(
             self.cfg.optimizer, params, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay

@@ -77,3 +77,15 @@ def test_hrm_trains_through_the_shared_loop(tmp_path):
     for _ in range(3):
         last = trainer.train_step()
     assert np.isfinite(first["lm_loss"]) and np.isfinite(last["lm_loss"])
+
+
+def test_compile_networks_compiles_both_hrm_networks_and_keeps_the_step():
+    # Training and the server compile through this method; HRM has no `net`, so a hard-coded `model.net` broke it.
+    model = HRM(hrm_config()).eval()
+    inputs = torch.randint(0, 11, (2, 16))
+    with torch.no_grad():
+        before = model.step(model.initial_carry(2), inputs).logits
+        model.compile_networks(backend="eager")
+        after = model.step(model.initial_carry(2), inputs).logits
+    assert all(isinstance(getattr(model, n), torch._dynamo.eval_frame.OptimizedModule) for n in ("l_net", "h_net"))
+    assert torch.allclose(before, after, atol=1e-6)

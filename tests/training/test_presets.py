@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -32,6 +33,45 @@ def test_paper_preset_dry_run_reports_reference_parameter_count(name: str, capsy
     preset, summary = dry_run(capsys, "--preset", name)
     assert summary["preset"] == name == preset["name"]
     assert summary["trainable_parameters"] == PAPER[name]
+
+
+HRM_PRESETS = ["hrm-sudoku-extreme", "hrm-maze-hard", "hrm-arc1", "hrm-sudoku-cpu", "hrm-sudoku-4x4-tiny"]
+
+
+@pytest.mark.parametrize("name", HRM_PRESETS)
+def test_hrm_preset_dry_runs_as_hrm_with_q_learning_halting(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    preset, summary = dry_run(capsys, "--preset", name)
+    model = preset["model"]
+    assert model["arch"] == "hrm" and model["no_act_continue"] is False
+    assert summary["preset"] == name and summary["trainable_parameters"] > 0
+    assert summary["grad_net_calls_per_step"] == 2
+
+
+@pytest.mark.parametrize("name", ["hrm-maze-hard", "hrm-arc1"])
+def test_hrm_paper_presets_use_the_hrm_recipe(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    preset, summary = dry_run(capsys, "--preset", name)
+    model = preset["model"]
+    assert (model["hidden_size"], model["num_heads"], model["num_layers"]) == (512, 8, 4)
+    assert (model["h_cycles"], model["l_cycles"], model["halt_max_steps"], model["puzzle_emb_len"]) == (2, 2, 16, 1)
+    assert summary["net_calls_per_step"] == 6 and preset["train"]["ema"] is False
+    trm = load_preset(name.removeprefix("hrm-"))
+    assert preset["data"] == asdict(trm.data)
+
+
+@pytest.mark.parametrize(("hrm", "trm"), [("hrm-sudoku-cpu", "sudoku-cpu"), ("hrm-sudoku-4x4-tiny", "sudoku-4x4-tiny")])
+def test_hrm_comparison_presets_match_their_trm_data_train_and_compute(
+    hrm: str, trm: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/compare_models.py trains these pairs on one dataset: same data, schedule and calls per step."""
+    hrm_preset, trm_preset = load_preset(hrm), load_preset(trm)
+    assert asdict(hrm_preset.data) == asdict(trm_preset.data)
+    assert asdict(hrm_preset.train) == asdict(trm_preset.train)
+    _, hrm_summary = dry_run(capsys, "--preset", hrm)
+    _, trm_summary = dry_run(capsys, "--preset", trm)
+    assert hrm_summary["net_calls_per_step"] == trm_summary["net_calls_per_step"]
+    assert hrm_summary["sequence_length"] == trm_summary["sequence_length"]
+    h, t = hrm_preset.model, trm_preset.model
+    assert (h.hidden_size, h.expansion, h.num_layers, h.mixer) == (t.hidden_size, t.expansion, t.num_layers, t.mixer)
 
 
 def test_every_preset_loads() -> None:
