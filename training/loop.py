@@ -36,6 +36,8 @@ from training.sampler import Augment, BatchStream
 
 log = logging.getLogger(__name__)
 
+MAX_BAD_STEPS = 16  # non-finite steps in a row before training stops
+
 
 @dataclass
 class ACTState:
@@ -142,6 +144,8 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.eval_every = self.cfg.eval_every_steps or self.cfg.eval_interval * self.steps_per_epoch
         self.step = 0
+        self.bad_steps = 0  # non-finite steps in a row
+        self.skipped_steps = 0
         self.act = self._fresh_act_state()
 
     @property
@@ -160,6 +164,21 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ one optimizer step
+    def skip_non_finite_step(self) -> None:
+        """A NaN/Inf gradient updates nothing (weights, table, EMA); a run of them stops training loudly.
+
+        Without this guard one bad batch turns every weight, and then the EMA copy that gets shipped, into NaN
+        (it happened to the arc-cpu run at step ~2,940), and the run keeps going, saving NaN checkpoints.
+        """
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        log.warning("step %d: non-finite gradient, update skipped (%d in a row)", self.step + 1, self.bad_steps)
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise FloatingPointError(
+                f"training diverged: {self.bad_steps} non-finite steps in a row at step {self.step + 1}; "
+                "resume from the last saved state with a lower lr or train.grad_clip"
+            )
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns losses and, for the slots that halted, sums to feed `summarize`."""
         batch = self.stream.next()
@@ -208,18 +227,25 @@ class Trainer:
                 n = p.numel()
                 p.grad = flat[offset : offset + n].view_as(p).clone()
                 offset += n
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
+        # Gradients are identical on every rank after the all-reduce, so every rank takes the same decision.
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = bool(torch.isfinite(torch.stack([g.norm() for g in grads])).all()) if grads else True
+        if finite:
+            self.bad_steps = 0
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            if train_table and vectors.grad is not None:
+                all_ids = self.dist.gather(ids)
+                all_grads = self.dist.gather(vectors.grad)
+                sign_sgd_rows(self.model.puzzle_emb, all_ids, all_grads, emb_lr, self.cfg.puzzle_emb_weight_decay)  # type: ignore[arg-type]
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.skip_non_finite_step()
         self.optimizer.zero_grad(set_to_none=True)
-        if train_table and vectors.grad is not None:
-            all_ids = self.dist.gather(ids)
-            all_grads = self.dist.gather(vectors.grad)
-            sign_sgd_rows(self.model.puzzle_emb, all_ids, all_grads, emb_lr, self.cfg.puzzle_emb_weight_decay)  # type: ignore[arg-type]
-        if self.ema is not None:
-            self.ema.update(self.model)
 
         with torch.no_grad():
             steps = steps + 1
@@ -232,6 +258,8 @@ class Trainer:
             min_steps = torch.randint(2, max_steps + 1, (self.cfg.global_batch_size,), generator=gen)[sl]
             min_steps = (explore * min_steps).to(self.device)
             halted = halted & (steps >= min_steps) | (steps >= max_steps)
+            if not finite:
+                halted = torch.ones_like(halted)  # a non-finite carry must not feed the next step: start afresh
         self.act = ACTState(out.carry, steps, halted, inputs, labels, ids)
         self.step += 1
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint
-from training import run
+from training import loop, run
 from training.config import Preset, load_preset
 from training.data import sudoku
 from training.data.dataset import PuzzleSet, load_split
@@ -82,6 +82,40 @@ def test_one_training_step_matches_hand_computed_loss_and_update(tmp_path: Path)
     emb_lr = cfg.puzzle_emb_lr / cfg.lr_warmup_steps
     assert vectors.grad is not None
     assert torch.allclose(trainer.model.puzzle_emb[0], -emb_lr * torch.sign(vectors.grad.sum(0)), atol=1e-9)
+
+
+def test_a_non_finite_step_updates_nothing_and_a_run_of_them_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = Trainer(tiny_preset(tmp_path), sudoku_4x4(tmp_path), None, tmp_path / "run", device=torch.device("cpu"))
+    trainer.train_step()
+    trainer.train_step()  # mid-way through the slots' supervision steps: their carry is not fresh
+    weights = {n: p.detach().clone() for n, p in trainer.model.state_dict().items()}
+    assert trainer.ema is not None
+    ema = {n: t.clone() for n, t in trainer.ema.shadow.items()}
+
+    real_step = trainer.step_fn
+
+    def poisoned(*args: object, **kwargs: object) -> object:
+        out = real_step(*args, **kwargs)  # type: ignore[operator]
+        return out._replace(logits=out.logits * float("nan"))
+
+    monkeypatch.setattr(trainer, "step_fn", poisoned)
+    trainer.train_step()
+    assert all(torch.equal(weights[n], t) for n, t in trainer.model.state_dict().items())  # table included
+    assert all(torch.equal(ema[n], t) for n, t in trainer.ema.shadow.items())
+    assert trainer.act.halted.all()  # every slot restarts from a fresh carry
+    assert (trainer.skipped_steps, trainer.bad_steps, trainer.step) == (1, 1, 3)
+
+    monkeypatch.setattr(trainer, "step_fn", real_step)
+    trainer.train_step()
+    assert trainer.bad_steps == 0 and not torch.equal(weights["lm_head.weight"], trainer.model.lm_head.weight)
+
+    monkeypatch.setattr(trainer, "step_fn", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite steps in a row"):
+        for _ in range(100):
+            trainer.train_step()
+    assert trainer.bad_steps == loop.MAX_BAD_STEPS
 
 
 def test_running_slots_keep_their_puzzle_until_the_step_limit(tmp_path: Path) -> None:
