@@ -144,7 +144,10 @@ class Registry:
             raise CheckpointError(f"no loadable checkpoint under {self.settings.weights_dir}")
 
     def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
-        """The named model, or the family's default: the smallest grid that fits `side` (cheapest compute)."""
+        """The named model, or the family's default: the smallest grid that fits `side` (cheapest compute).
+
+        Among models of one size a TRM is preferred: an HRM is shipped to compare against, not as the default.
+        """
         if name is not None:
             entry = self.models.get(name)
             if entry is None:
@@ -159,7 +162,7 @@ class Registry:
         if not fitting:
             largest = max(e.config.grid_side for e in candidates)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
-        return min(fitting, key=lambda e: (e.config.grid_side, e.name))
+        return min(fitting, key=lambda e: (e.config.grid_side, e.config.arch != "trm", e.name))
 
 
 def engine_hook(spec: str | None) -> Callable[[Engine], None] | None:

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 from model.checkpoint import save_checkpoint
 from model.config import VOCAB, TRMConfig
+from model.factory import build_model
 from model.trm import TRM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,9 +63,12 @@ def sudoku_puzzle(blanks: int = 40, seed: int = 0) -> list[list[int]]:
     return grid
 
 
-def tiny_config(family: str, seq_len: int, halt_max_steps: int = 6, num_puzzle_ids: int = 1) -> TRMConfig:
+def tiny_config(
+    family: str, seq_len: int, halt_max_steps: int = 6, num_puzzle_ids: int = 1, arch: str = "trm"
+) -> TRMConfig:
     """The smallest model with every code path of the paper ones: hidden 32, 4 heads, T=2, n=2, prefix 4."""
     return TRMConfig(
+        arch=arch,  # type: ignore[arg-type]
         family=family,  # type: ignore[arg-type]
         vocab_size=VOCAB[family],
         seq_len=seq_len,
@@ -78,14 +83,16 @@ def tiny_config(family: str, seq_len: int, halt_max_steps: int = 6, num_puzzle_i
     )
 
 
-def tiny_model(family: str = "sudoku", seq_len: int = 81, seed: int = 0, **overrides: int) -> tuple[TRM, TRMConfig]:
+def tiny_model(family: str = "sudoku", seq_len: int = 81, seed: int = 0, **overrides: Any) -> tuple[TRM, TRMConfig]:
     torch.manual_seed(seed)
     config = tiny_config(family, seq_len, **overrides)
-    return TRM(config).eval(), config
+    model = build_model(config)
+    assert isinstance(model, TRM)  # HRM subclasses TRM
+    return model.eval(), config
 
 
 def write_checkpoint(
-    directory: Path, family: str, seq_len: int, seed: int = 0, q_halt_bias: float | None = None, **overrides: int
+    directory: Path, family: str, seq_len: int, seed: int = 0, q_halt_bias: float | None = None, **overrides: Any
 ) -> Path:
     """An untrained tiny checkpoint saved with the project's own writer (config.json + model.safetensors).
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.checkpoint import sha256_file
+from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from server.app import create_app
 from server.settings import Settings
 from tests.server.conftest import MAZE_10, SOLVED, sudoku_puzzle, write_checkpoint, write_tiny_weights
@@ -497,3 +498,32 @@ def test_protect_metrics_without_a_key_is_refused_at_start_up(weights: Path) -> 
         timeout=60,
     )
     assert proc.returncode == 2 and "protect_metrics needs api_key" in proc.stderr
+
+
+def test_an_hrm_checkpoint_is_served_through_the_same_endpoints_with_its_own_halting_rule(tmp_path: Path) -> None:
+    # HRM halts when q_halt > q_continue: a halt bias of 1 against a continue bias of 3 says "continue", even though
+    # sigmoid(1) = 0.73 would pass TRM's 0.5 threshold; 3 against 1 halts after the first step.
+    write_checkpoint(tmp_path / "sudoku-b-trm", "sudoku", 81, seed=1)
+    for name, halt, cont in (("sudoku-a-hrm", 1.0, 3.0), ("sudoku-a-hrm-halts", 3.0, 1.0)):
+        hrm = write_checkpoint(tmp_path / name, "sudoku", 81, seed=5, arch="hrm")
+        model = load_checkpoint(hrm).model
+        with torch.no_grad():
+            model.q_head.bias.copy_(torch.tensor([halt, cont]))
+        save_checkpoint(model, model.config, hrm)
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        assert models["sudoku-a-hrm"]["config"]["arch"] == "hrm"
+        assert models["sudoku-a-hrm"]["trainable_parameters"] > models["sudoku-b-trm"]["trainable_parameters"]
+        default = solve(client, puzzle="sudoku", grid=sudoku_puzzle(), max_steps=2).json()
+        assert default["model"] == "sudoku-b-trm"  # a TRM is the family default whatever the names sort to
+        keeps_going = solve(client, puzzle="sudoku", model="sudoku-a-hrm", grid=sudoku_puzzle(), max_steps=3).json()
+        assert keeps_going["steps_used"] == 3 and keeps_going["halted_by"] == "max_steps"
+        halts = client.post(
+            "/solve",
+            json={"puzzle": "sudoku", "model": "sudoku-a-hrm-halts", "grid": sudoku_puzzle(), "stream": True},
+        )
+        events = parse_sse(halts.text)
+    assert [kind for kind, _ in events] == ["step", "result"]
+    result = events[-1][1]
+    assert result["steps_used"] == 1 and result["halted_by"] == "q_head"
+    assert len(result["solution"]) == 9 and all(len(row) == 9 for row in result["solution"])

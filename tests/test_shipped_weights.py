@@ -1,0 +1,55 @@
+"""Every checkpoint under weights/ loads, runs, and is described by a card whose command is really its command.
+
+The shipped weights are what a fresh install serves, so a broken file, a card that names the wrong preset or a
+preset edited after training (the card's command would no longer reproduce the checkpoint) must fail here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import WEIGHTS_FILE, load_checkpoint, read_card_metrics
+from training.config import load_preset
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = sorted(p for p in WEIGHTS.iterdir() if p.is_dir())
+ARCHITECTURE_FIELDS = (
+    "arch", "family", "vocab_size", "seq_len", "hidden_size", "num_heads", "expansion", "num_layers",
+    "h_cycles", "l_cycles", "mixer", "pos_encodings", "puzzle_emb_len", "halt_max_steps",
+)
+MAX_BYTES = 20 * 1024 * 1024  # the training issue's limit per checkpoint
+
+
+def test_the_three_families_ship_a_model() -> None:
+    families = {load_checkpoint(d).config.family for d in SHIPPED}
+    assert {"sudoku", "arc"} <= families
+
+
+@pytest.mark.parametrize("directory", SHIPPED, ids=[d.name for d in SHIPPED])
+def test_a_shipped_checkpoint_matches_its_card_and_preset(directory: Path) -> None:
+    ckpt = load_checkpoint(directory)
+    assert (directory / WEIGHTS_FILE).stat().st_size < MAX_BYTES
+    training = ckpt.config.training
+    assert isinstance(training, dict)
+    preset = load_preset(str(training["preset"]), list(training.get("overrides", [])))
+    for name in ARCHITECTURE_FIELDS:
+        assert getattr(ckpt.config, name) == getattr(preset.model, name), name
+    card = (directory / "README.md").read_text()
+    assert f"--preset {preset.name}" in card
+    assert "## Known weaknesses" in card
+    assert read_card_metrics(directory), "metrics.json holds the card's measured figures"
+
+
+@pytest.mark.parametrize("directory", SHIPPED, ids=[d.name for d in SHIPPED])
+def test_a_shipped_checkpoint_runs_a_step_with_finite_outputs(directory: Path) -> None:
+    model = load_checkpoint(directory).model
+    tokens = torch.randint(1, model.config.vocab_size, (2, model.config.seq_len))
+    with torch.inference_mode():
+        out = model.step(model.initial_carry(2), tokens, torch.zeros(2, dtype=torch.long))
+        out = model.step(out.carry, tokens, torch.zeros(2, dtype=torch.long))
+    assert out.logits.shape == (2, model.config.seq_len, model.config.vocab_size)
+    halting = model.halting_logit(out.q_halt, out.q_continue)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(halting).all()
