@@ -25,7 +25,7 @@ MAX_BYTES = 20 * 1024 * 1024  # the training issue's limit per checkpoint
 
 def test_the_three_families_ship_a_model() -> None:
     families = {load_checkpoint(d).config.family for d in SHIPPED}
-    assert {"sudoku", "arc"} <= families
+    assert {"sudoku", "maze", "arc"} <= families
 
 
 @pytest.mark.parametrize("directory", SHIPPED, ids=[d.name for d in SHIPPED])
