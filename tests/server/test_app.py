@@ -23,10 +23,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from model.checkpoint import save_checkpoint, sha256_file
 from server.app import create_app
 from server.settings import Settings
-from tests.server.conftest import MAZE_10, SOLVED, sudoku_puzzle, write_checkpoint, write_tiny_weights
+from tests.server.conftest import MAZE_10, SOLVED, sudoku_puzzle, tiny_model, write_checkpoint, write_tiny_weights
 
 MAX_BODY = 16 * 1024
 ARC_TASK = {
@@ -505,11 +505,10 @@ def test_an_hrm_checkpoint_is_served_through_the_same_endpoints_with_its_own_hal
     # sigmoid(1) = 0.73 would pass TRM's 0.5 threshold; 3 against 1 halts after the first step.
     write_checkpoint(tmp_path / "sudoku-b-trm", "sudoku", 81, seed=1)
     for name, halt, cont in (("sudoku-a-hrm", 1.0, 3.0), ("sudoku-a-hrm-halts", 3.0, 1.0)):
-        hrm = write_checkpoint(tmp_path / name, "sudoku", 81, seed=5, arch="hrm")
-        model = load_checkpoint(hrm).model
+        model, config = tiny_model("sudoku", 81, seed=5, arch="hrm")
         with torch.no_grad():
             model.q_head.bias.copy_(torch.tensor([halt, cont]))
-        save_checkpoint(model, model.config, hrm)
+        save_checkpoint(model, config, tmp_path / name)
     with TestClient(create_app(make_settings(tmp_path))) as client:
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
         assert models["sudoku-a-hrm"]["config"]["arch"] == "hrm"
