@@ -25,6 +25,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # The browser test drives Debian's Chromium (no browser download); install it when it is missing.

@@ -68,8 +68,10 @@ def test_hrm_trains_through_the_shared_loop(tmp_path):
     )
     rng = np.random.default_rng(0)
     data = PuzzleSet(
-        rng.integers(1, 6, (64, 16)).astype(np.uint8), rng.integers(2, 6, (64, 16)).astype(np.uint8),
-        np.zeros(64, np.int32), np.arange(64, dtype=np.int32),
+        rng.integers(1, 6, (64, 16)).astype(np.uint8),
+        rng.integers(2, 6, (64, 16)).astype(np.uint8),
+        np.zeros(64, np.int32),
+        np.arange(64, dtype=np.int32),
     )
     trainer = Trainer(preset, data, None, tmp_path)
     assert isinstance(trainer.model, HRM)

@@ -82,8 +82,11 @@ def test_non_square_sequence_lengths_are_rejected(seq_len: int) -> None:
         (["S  S#", *MAZE[1:]], "maze has 2 Ss", "grid"),
         ([*MAZE[:4], "#   G "], "grid[4] has 6 characters, expected 5", "grid[4]"),
         (MAZE[:4], "grid[0] has 5 characters, expected 4", "grid[0]"),
-        (["S" + " " * 34] + [" " * 35] * 33 + [" " * 34 + "G"], "maze is 35x35, larger than this model's 30x30",
-         "grid"),
+        (
+            ["S" + " " * 34] + [" " * 35] * 33 + [" " * 34 + "G"],
+            "maze is 35x35, larger than this model's 30x30",
+            "grid",
+        ),
         ([*MAZE[:2], "#  x#", *MAZE[3:]], "grid[2][3] is 'x', expected one of '#', ' ', 'S', 'G'", "grid[2][3]"),
         ([*MAZE[:2], "#  o#", *MAZE[3:]], "grid[2][3] is 'o', expected one of", "grid[2][3]"),
         ([*MAZE[:2], "# →##", *MAZE[3:]], "grid[2][2] is '→', expected", "grid[2][2]"),

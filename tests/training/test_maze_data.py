@@ -90,8 +90,10 @@ def test_dihedral_augmentation_keeps_answers_valid_and_inverts_exactly(
     inputs, targets = questions.reshape(40, -1), labels.reshape(40, -1)
     aug_in, aug_lab = maze.augment_batch(inputs, targets, np.random.default_rng(0))
     assert aug_in.shape == inputs.shape and aug_in.dtype == np.uint8
-    assert all(is_shortest_path_answer(q, a) for q, a in zip(aug_in.reshape(-1, 15, 15), aug_lab.reshape(-1, 15, 15),
-                                                               strict=True))
+    assert all(
+        is_shortest_path_answer(q, a)
+        for q, a in zip(aug_in.reshape(-1, 15, 15), aug_lab.reshape(-1, 15, 15), strict=True)
+    )
     tids = np.arange(40) % 8
     there = maze.dihedral_batch(inputs, tids)
     back = maze.dihedral_batch(there, np.array(DIHEDRAL_INVERSE)[tids])
@@ -143,14 +145,20 @@ def test_build_writes_a_loadable_dataset(tmp_path: Path) -> None:
     root = maze.build(tmp_path / "ds", n_train=50, n_test=20, side=9, min_path=6, seed=0, workers=1)
     meta = load_meta(root)
     assert (meta.family, meta.vocab_size, meta.seq_len, meta.num_puzzle_ids, meta.augment) == (
-        "maze", 6, 81, 1, "dihedral")
+        "maze",
+        6,
+        81,
+        1,
+        "dihedral",
+    )
     train, test = load_split(root, "train"), load_split(root, "test")
     assert len(train) == 50 and len(test) == 20
     assert (train.puzzle_ids == 0).all() and (train.groups == np.arange(50)).all()
     assert not {r.tobytes() for r in train.inputs} & {r.tobytes() for r in test.inputs}
     assert (train.extras["path_length"] >= 6).all()
-    assert all(is_shortest_path_answer(q.reshape(9, 9), a.reshape(9, 9)) for q, a in zip(test.inputs, test.labels,
-                                                                                          strict=True))
+    assert all(
+        is_shortest_path_answer(q.reshape(9, 9), a.reshape(9, 9)) for q, a in zip(test.inputs, test.labels, strict=True)
+    )
 
 
 def test_build_from_csv(tmp_path: Path, mazes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:

@@ -169,8 +169,9 @@ def test_augmentation_moves_are_exactly_the_reference_ones() -> None:
             assert sorted(perm) == list(range(9))
             assert all(len(set(perm[k : k + 3] // 3)) == 1 for k in (0, 3, 6))  # rows stay inside a band
     before = index.reshape(b, 81) % 9 + 2  # the digit token each output cell came from
-    maps = [sorted(set(zip(src.tolist(), dst.tolist(), strict=True))) for src, dst in zip(before, relabelled,
-                                                                                           strict=True)]
+    maps = [
+        sorted(set(zip(src.tolist(), dst.tolist(), strict=True))) for src, dst in zip(before, relabelled, strict=True)
+    ]
     digits = list(range(2, 11))
     assert all([s for s, _ in m] == digits and sorted(d for _, d in m) == digits for m in maps)  # one bijection
     assert len({tuple(m) for m in maps}) > 100  # drawn independently per row
@@ -180,7 +181,12 @@ def test_build_writes_a_loadable_dataset(tmp_path: Path) -> None:
     root = sudoku.build(tmp_path / "ds", n_train=120, n_test=30, givens=(5, 9), seed=0, side=4, workers=1)
     meta = load_meta(root)
     assert (meta.family, meta.vocab_size, meta.seq_len, meta.num_puzzle_ids, meta.augment) == (
-        "sudoku", 11, 16, 1, "sudoku")
+        "sudoku",
+        11,
+        16,
+        1,
+        "sudoku",
+    )
     train, test = load_split(root, "train"), load_split(root, "test")
     assert len(train) == 120 and len(test) == 30
     assert (train.puzzle_ids == 0).all() and (train.groups == np.arange(120)).all()
@@ -193,8 +199,9 @@ def test_build_writes_a_loadable_dataset(tmp_path: Path) -> None:
 def test_build_from_csv_subsamples_train_with_a_seed(tmp_path: Path, nine: sudoku.SudokuPuzzles) -> None:
     sudoku.write_csv(tmp_path / "train.csv", nine)
     sudoku.write_csv(tmp_path / "test.csv", nine)
-    root = sudoku.build_from_csv(tmp_path / "ds", tmp_path / "train.csv", tmp_path / "test.csv", subsample=10,
-                                 test_limit=7, seed=1)
+    root = sudoku.build_from_csv(
+        tmp_path / "ds", tmp_path / "train.csv", tmp_path / "test.csv", subsample=10, test_limit=7, seed=1
+    )
     train, test = load_split(root, "train"), load_split(root, "test")
     assert len(train) == 10 and len(test) == 7 and load_meta(root).seq_len == 81
     assert (test.inputs == encode_grids(nine.puzzles[:7])).all()

@@ -39,8 +39,12 @@ def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
         v = queue[head]
         head += 1
         r, c = v // n, v % n
-        for w in (v - n if r > 0 else -1, v + n if r < n - 1 else -1, v - 1 if c > 0 else -1,
-                  v + 1 if c < n - 1 else -1):
+        for w in (
+            v - n if r > 0 else -1,
+            v + n if r < n - 1 else -1,
+            v - 1 if c > 0 else -1,
+            v + 1 if c < n - 1 else -1,
+        ):
             if w < 0 or grid[w] == 1:
                 continue
             if dist[w] < 0:
@@ -66,8 +70,12 @@ def _carve(grid, n, loops):  # type: ignore[no-untyped-def]
     while sp > 0:
         cur = stack[sp - 1]
         r, c, k = cur // m, cur % m, 0
-        for nb in (cur - m if r > 0 else -1, cur + m if r < m - 1 else -1, cur - 1 if c > 0 else -1,
-                   cur + 1 if c < m - 1 else -1):
+        for nb in (
+            cur - m if r > 0 else -1,
+            cur + m if r < m - 1 else -1,
+            cur - 1 if c > 0 else -1,
+            cur + 1 if c < m - 1 else -1,
+        ):
             if nb >= 0 and not visited[nb]:
                 options[k] = nb
                 k += 1
@@ -127,8 +135,12 @@ def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels,
         v = g
         while dist[v] > 1:  # walk back from G; the shortest path is unique, so any closer neighbour is on it
             r, c = v // n, v % n
-            for w in (v - n if r > 0 else -1, v + n if r < n - 1 else -1, v - 1 if c > 0 else -1,
-                      v + 1 if c < n - 1 else -1):
+            for w in (
+                v - n if r > 0 else -1,
+                v + n if r < n - 1 else -1,
+                v - 1 if c > 0 else -1,
+                v + 1 if c < n - 1 else -1,
+            ):
                 if w >= 0 and dist[w] == dist[v] - 1 and grid[w] != 1:
                     v = w
                     break
@@ -218,8 +230,11 @@ def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np
     ratings: list[float] = []
     for line, row in read_csv_rows(path, limit):
         length = len(row[1]) if len(row) == 4 else -1
-        if length < 0 or math.isqrt(length) ** 2 != length or len(row[2]) != length or (
-            questions and length != len(questions[0])
+        if (
+            length < 0
+            or math.isqrt(length) ** 2 != length
+            or len(row[2]) != length
+            or (questions and length != len(questions[0]))
         ):
             raise ValueError(f"{path}:{line}: expected 4 columns with equal square-length question and answer")
         questions.append(row[1])
@@ -237,12 +252,18 @@ def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np
 
     q, a = tokens(questions), tokens(answers)
     checks = [
-        (((q == 0) | (q == PATH)).any(axis=(1, 2)) | (a == 0).any(axis=(1, 2)),
-         "characters outside '# SG' in the question or '# SGo' in the answer"),
-        (((q == START).sum(axis=(1, 2)) != 1) | ((q == GOAL).sum(axis=(1, 2)) != 1),
-         "question needs exactly one S and one G"),
-        (~((a == q) | ((a == PATH) & (q == OPEN))).all(axis=(1, 2)),
-         "answer differs from the question other than open cells marked 'o'"),
+        (
+            ((q == 0) | (q == PATH)).any(axis=(1, 2)) | (a == 0).any(axis=(1, 2)),
+            "characters outside '# SG' in the question or '# SGo' in the answer",
+        ),
+        (
+            ((q == START).sum(axis=(1, 2)) != 1) | ((q == GOAL).sum(axis=(1, 2)) != 1),
+            "question needs exactly one S and one G",
+        ),
+        (
+            ~((a == q) | ((a == PATH) & (q == OPEN))).all(axis=(1, 2)),
+            "answer differs from the question other than open cells marked 'o'",
+        ),
     ]
     for bad, why in checks:
         if bad.any():
@@ -301,14 +322,22 @@ def build(
         raise RuntimeError(f"only {len(keep)} distinct {side}x{side} mazes generated, {need} needed")
     q, a, lengths = q[keep], a[keep], lengths[keep]
     source: dict[str, object] = {
-        "generator": "training.data.maze.generate", "seed": seed, "side": side, "loops": loops,
-        "min_path": min_path, "far": far, "mean_path_length": float(lengths.mean()) if need else 0.0,
+        "generator": "training.data.maze.generate",
+        "seed": seed,
+        "side": side,
+        "loops": loops,
+        "min_path": min_path,
+        "far": far,
+        "mean_path_length": float(lengths.mean()) if need else 0.0,
     }
-    log.info("maze: %d train / %d test %dx%d mazes, mean path %.1f", n_train, n_test, side, side,
-             source["mean_path_length"])
+    log.info(
+        "maze: %d train / %d test %dx%d mazes, mean path %.1f", n_train, n_test, side, side, source["mean_path_length"]
+    )
     desc = f"generated {side}x{side} mazes, unique shortest path >= {max(min_path, 2)} steps, loops p={loops}"
-    splits = {"train": _split(q[:n_train], a[:n_train], lengths[:n_train]),
-              "test": _split(q[n_train:], a[n_train:], lengths[n_train:])}
+    splits = {
+        "train": _split(q[:n_train], a[:n_train], lengths[:n_train]),
+        "test": _split(q[n_train:], a[n_train:], lengths[n_train:]),
+    }
     return save_dataset(out_dir, _meta(side, desc, source), splits)
 
 

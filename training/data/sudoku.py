@@ -145,7 +145,19 @@ def _search(grid0, side, units, cell_units, popcnt, lowbit, limit, randomize, so
 
 @njit(cache=True)
 def _generate_chunk(  # type: ignore[no-untyped-def]
-    seed, side, lo, hi, min_rating, max_rating, max_tries, units, cell_units, popcnt, lowbit, puzzles, solutions,
+    seed,
+    side,
+    lo,
+    hi,
+    min_rating,
+    max_rating,
+    max_tries,
+    units,
+    cell_units,
+    popcnt,
+    lowbit,
+    puzzles,
+    solutions,
     ratings,
 ):
     """Fill the output arrays with unique-solution puzzles; returns how many were made within `max_tries` grids."""
@@ -211,8 +223,9 @@ def _run_chunk(args: tuple[int, int, int, int, int, int, int, int]) -> tuple[np.
     n = side * side
     puzzles, solutions = np.zeros((count, n), np.int8), np.zeros((count, n), np.int8)
     ratings = np.zeros(count, np.int32)
-    made = _generate_chunk(seed, side, lo, hi, min_rating, max_rating, max_tries, *_tables(side), puzzles, solutions,
-                           ratings)
+    made = _generate_chunk(
+        seed, side, lo, hi, min_rating, max_rating, max_tries, *_tables(side), puzzles, solutions, ratings
+    )
     if made < count:
         raise RuntimeError(f"made only {made} of {count} puzzles in {max_tries} tries: widen givens or ratings")
     return puzzles, solutions, ratings
@@ -243,8 +256,18 @@ def generate(
     for k, start in enumerate(range(0, n, CHUNK)):
         chunk_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0] >> 1)
         count = min(CHUNK, n - start)
-        tasks.append((chunk_seed, count, side, lo, hi, min_rating, -1 if max_rating is None else max_rating,
-                      count * max_tries_per_puzzle))
+        tasks.append(
+            (
+                chunk_seed,
+                count,
+                side,
+                lo,
+                hi,
+                min_rating,
+                -1 if max_rating is None else max_rating,
+                count * max_tries_per_puzzle,
+            )
+        )
     workers = min(workers or os.cpu_count() or 1, len(tasks))
     if workers <= 1:
         results = [_run_chunk(t) for t in tasks]
@@ -390,8 +413,11 @@ def build(
     for rounds in range(20):  # tiny 4x4 settings can run out of distinct puzzles, so top up a bounded number of times
         more = generate(need - have + 8, side, givens, seed + 1_000_003 * rounds, min_rating, max_rating, workers)
         parts.append(more)
-        merged = SudokuPuzzles(np.concatenate([p.puzzles for p in parts]),
-                               np.concatenate([p.solutions for p in parts]), np.concatenate([p.ratings for p in parts]))
+        merged = SudokuPuzzles(
+            np.concatenate([p.puzzles for p in parts]),
+            np.concatenate([p.solutions for p in parts]),
+            np.concatenate([p.ratings for p in parts]),
+        )
         keep = _unique_rows(merged.puzzles)
         have = len(keep)
         if have >= need:
@@ -402,12 +428,22 @@ def build(
     train, test = _take(data, np.arange(n_train)), _take(data, np.arange(n_train, need))
     counts = (data.puzzles[:need] != 0).sum(axis=(1, 2))
     source: dict[str, object] = {
-        "generator": "training.data.sudoku.generate", "seed": seed, "givens": list(givens), "side": side,
-        "min_rating": min_rating, "max_rating": max_rating, "mean_givens": float(counts.mean()),
+        "generator": "training.data.sudoku.generate",
+        "seed": seed,
+        "givens": list(givens),
+        "side": side,
+        "min_rating": min_rating,
+        "max_rating": max_rating,
+        "mean_givens": float(counts.mean()),
         "mean_rating": float(data.ratings[:need].mean()),
     }
-    log.info("sudoku: %d train / %d test puzzles, mean givens %.1f, mean rating %.2f", n_train, n_test,
-             source["mean_givens"], source["mean_rating"])
+    log.info(
+        "sudoku: %d train / %d test puzzles, mean givens %.1f, mean rating %.2f",
+        n_train,
+        n_test,
+        source["mean_givens"],
+        source["mean_rating"],
+    )
     desc = f"generated {side}x{side} sudoku, {givens[0]}-{givens[1]} givens, unique solutions"
     return save_dataset(out_dir, _meta(side, desc, source), {"train": _to_split(train), "test": _to_split(test)})
 
@@ -427,7 +463,12 @@ def build_from_csv(
     train, test = read_csv(train_csv), read_csv(test_csv, limit=test_limit)
     if subsample is not None and subsample < len(train.puzzles):
         train = _take(train, np.sort(np.random.default_rng(seed).choice(len(train.puzzles), subsample, False)))
-    source: dict[str, object] = {"train_csv": str(train_csv), "test_csv": str(test_csv), "subsample": subsample,
-                                 "test_limit": test_limit, "seed": seed}
+    source: dict[str, object] = {
+        "train_csv": str(train_csv),
+        "test_csv": str(test_csv),
+        "subsample": subsample,
+        "test_limit": test_limit,
+        "seed": seed,
+    }
     desc = f"Sudoku-Extreme CSV: {len(train.puzzles)} train, {len(test.puzzles)} test"
     return save_dataset(out_dir, _meta(9, desc, source), {"train": _to_split(train), "test": _to_split(test)})
