@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 ACT_FIELDS = ("steps", "halted", "inputs", "labels", "puzzle_ids")
 
 
+def _plain(name: str) -> str:
+    """A parameter's name without the `_orig_mod.` that `torch.compile` inserts, so a state saved with compile on
+    resumes with it off and the other way round (a long CPU run may switch to compile half-way)."""
+    return name.replace("_orig_mod.", "")
+
+
 def _act_tensors(act: ACTState) -> dict[str, torch.Tensor]:
     out = {"y": act.carry.y, "z": act.carry.z}
     out.update({name: getattr(act, name) for name in ACT_FIELDS})
@@ -38,9 +44,9 @@ def save_state(trainer: Trainer, directory: Path) -> None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    tensors.update({f"model/{k}": v for k, v in trainer.model.state_dict().items()})
+    tensors.update({f"model/{_plain(k)}": v for k, v in trainer.model.state_dict().items()})
     if trainer.ema is not None:
-        tensors.update({f"ema/{k}": v for k, v in trainer.ema.shadow.items()})
+        tensors.update({f"ema/{_plain(k)}": v for k, v in trainer.ema.shadow.items()})
     opt = trainer.optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for idx, pstate in opt["state"].items():
@@ -69,11 +75,12 @@ def load_state(trainer: Trainer, directory: Path) -> None:
     """Restore a trainer built from the same preset to the saved point."""
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "tensors.safetensors"), device=str(trainer.device))
-    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    names = {_plain(k): k for k in trainer.model.state_dict()}
+    model_state = {names.get(k[len("model/") :], k): v for k, v in tensors.items() if k.startswith("model/")}
     trainer.model.load_state_dict(model_state, strict=True)
     if trainer.ema is not None:
         for name in trainer.ema.shadow:
-            trainer.ema.shadow[name] = tensors[f"ema/{name}"].clone()
+            trainer.ema.shadow[name] = tensors[f"ema/{_plain(name)}"].clone()
     opt = trainer.optimizer.state_dict()
     params = opt["param_groups"][0]["params"] if len(opt["param_groups"]) == 1 else None
     indices = params if params is not None else [i for g in opt["param_groups"] for i in g["params"]]

@@ -83,3 +83,39 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, optimizer: str) -> None:
         for key, value in entry.items():
             other = got_opt[idx][key]
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), f"optimizer {idx}/{key}"
+
+
+def test_state_moves_between_compiled_and_eager_models(tmp_path: Path) -> None:
+    """`torch.compile` renames parameters (`net._orig_mod.…`); the state file keeps plain names both ways."""
+    preset = load_preset(
+        "sudoku-4x4-tiny",
+        [f"data.cache_dir={tmp_path / 'data'}", f"train.global_batch_size={BATCH}", "model.num_puzzle_ids=3"],
+    )
+    data = three_id_sudoku(tmp_path)
+
+    def trainer(compiled: bool) -> Trainer:
+        made = Trainer(preset, data, None, tmp_path / "run", sudoku.augment_batch, torch.device("cpu"))
+        if compiled:
+            made.model.compile_networks()  # type: ignore[operator]  # wraps lazily: nothing compiles until a call
+        return made
+
+    eager = trainer(compiled=False)
+    for _ in range(2):
+        eager.train_step()
+    save_state(eager, tmp_path / "eager")
+    compiled = trainer(compiled=True)
+    assert any("_orig_mod." in k for k in compiled.model.state_dict())
+    load_state(compiled, tmp_path / "eager")
+    save_state(compiled, tmp_path / "compiled")
+    back = trainer(compiled=False)
+    load_state(back, tmp_path / "compiled")
+
+    for moved in (compiled, back):
+        got = {k.replace("_orig_mod.", ""): v for k, v in moved.model.state_dict().items()}
+        assert got.keys() == eager.model.state_dict().keys()
+        for key, value in eager.model.state_dict().items():
+            assert torch.equal(value, got[key]), key
+        assert eager.ema is not None and moved.ema is not None
+        shadow = {k.replace("_orig_mod.", ""): v for k, v in moved.ema.shadow.items()}
+        for key, value in eager.ema.shadow.items():
+            assert torch.equal(value, shadow[key]), f"ema {key}"
