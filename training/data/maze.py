@@ -29,6 +29,13 @@ CHUNK = 128  # mazes per generator task; fixed so output depends on the seed onl
 
 
 @njit(cache=True)
+def _neighbours(v, n):  # type: ignore[no-untyped-def]
+    """The 4-neighbours of cell `v` on an n x n board in a fixed order (up, down, left, right), -1 off the board."""
+    r, c = v // n, v % n
+    return (v - n if r > 0 else -1, v + n if r < n - 1 else -1, v - 1 if c > 0 else -1, v + 1 if c < n - 1 else -1)
+
+
+@njit(cache=True)
 def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
     """Distances (-1 unreachable) and shortest-path counts (capped at 2) from `start` over non-wall cells."""
     dist[:] = -1
@@ -38,13 +45,7 @@ def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
     while head < tail:
         v = queue[head]
         head += 1
-        r, c = v // n, v % n
-        for w in (
-            v - n if r > 0 else -1,
-            v + n if r < n - 1 else -1,
-            v - 1 if c > 0 else -1,
-            v + 1 if c < n - 1 else -1,
-        ):
+        for w in _neighbours(v, n):
             if w < 0 or grid[w] == 1:
                 continue
             if dist[w] < 0:
@@ -70,12 +71,7 @@ def _carve(grid, n, loops):  # type: ignore[no-untyped-def]
     while sp > 0:
         cur = stack[sp - 1]
         r, c, k = cur // m, cur % m, 0
-        for nb in (
-            cur - m if r > 0 else -1,
-            cur + m if r < m - 1 else -1,
-            cur - 1 if c > 0 else -1,
-            cur + 1 if c < m - 1 else -1,
-        ):
+        for nb in _neighbours(cur, m):
             if nb >= 0 and not visited[nb]:
                 options[k] = nb
                 k += 1
@@ -134,13 +130,7 @@ def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels,
         _bfs(grid, n, s, dist, queue, ways)
         v = g
         while dist[v] > 1:  # walk back from G; the shortest path is unique, so any closer neighbour is on it
-            r, c = v // n, v % n
-            for w in (
-                v - n if r > 0 else -1,
-                v + n if r < n - 1 else -1,
-                v - 1 if c > 0 else -1,
-                v + 1 if c < n - 1 else -1,
-            ):
+            for w in _neighbours(v, n):
                 if w >= 0 and dist[w] == dist[v] - 1 and grid[w] != 1:
                     v = w
                     break
