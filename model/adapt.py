@@ -29,6 +29,7 @@ from model.config import TRMConfig
 from model.factory import build_model
 from model.puzzles.arc import ArcTask, Grid, decode_grid, encode_grid
 from model.puzzles.augment import Variant, apply_variant, invert_variant, parse_variant_name, vote
+from model.trm import plain_name
 
 IGNORE = 0  # label token 0 (PAD) is not scored, as in training
 BLANK = "<blank>"  # name of puzzle-table row 0 in identifiers.json
@@ -43,7 +44,7 @@ def frozen_copy(model: nn.Module, device: torch.device | None = None) -> nn.Modu
     """
     config: TRMConfig = model.config  # type: ignore[assignment]
     copy = build_model(replace(config, num_puzzle_ids=1))
-    state = {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items() if k != "puzzle_emb"}
+    state = {plain_name(k): v for k, v in model.state_dict().items() if k != "puzzle_emb"}
     state["puzzle_emb"] = copy.puzzle_emb  # type: ignore[assignment]
     copy.load_state_dict(state, strict=True)
     for p in copy.parameters():

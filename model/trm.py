@@ -31,6 +31,12 @@ class StepOutput(NamedTuple):
     q_continue: Tensor  # (B,) fp32: only trained by HRM-style ACT; TRM ignores it
 
 
+def plain_name(name: str) -> str:
+    """A parameter name without the `_orig_mod.` that `torch.compile` inserts: the name an eager model uses, so
+    weights move between compiled and eager copies (checkpoints, training state, adaptation)."""
+    return name.replace("_orig_mod.", "")
+
+
 class TRM(nn.Module):
     """Tiny Recursive Model with deep supervision and a learned halting head."""
 

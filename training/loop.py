@@ -26,7 +26,7 @@ from torch import Tensor
 
 from model.checkpoint import save_checkpoint
 from model.factory import build_model
-from model.trm import Carry, count_trainable_parameters
+from model.trm import Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
 from training.evaluate import autocast, evaluate_model
@@ -293,7 +293,7 @@ class Trainer:
         """A copy of the model holding the EMA weights (or the live ones without EMA), in eval mode."""
         model = build_model(self.config).to(self.device)
         state = self.ema.state_dict_for(self.model) if self.ema is not None else self.model.state_dict()
-        model.load_state_dict({k.replace("_orig_mod.", ""): v for k, v in state.items()})
+        model.load_state_dict({plain_name(k): v for k, v in state.items()})
         model.eval()
         return model
 

@@ -15,18 +15,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.trm import Carry
+from model.trm import Carry, plain_name
 
 if TYPE_CHECKING:
     from training.loop import ACTState, Trainer
 
 ACT_FIELDS = ("steps", "halted", "inputs", "labels", "puzzle_ids")
-
-
-def _plain(name: str) -> str:
-    """A parameter's name without the `_orig_mod.` that `torch.compile` inserts, so a state saved with compile on
-    resumes with it off and the other way round (a long CPU run may switch to compile half-way)."""
-    return name.replace("_orig_mod.", "")
 
 
 def _act_tensors(act: ACTState) -> dict[str, torch.Tensor]:
@@ -44,9 +38,9 @@ def save_state(trainer: Trainer, directory: Path) -> None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    tensors.update({f"model/{_plain(k)}": v for k, v in trainer.model.state_dict().items()})
+    tensors.update({f"model/{plain_name(k)}": v for k, v in trainer.model.state_dict().items()})
     if trainer.ema is not None:
-        tensors.update({f"ema/{_plain(k)}": v for k, v in trainer.ema.shadow.items()})
+        tensors.update({f"ema/{plain_name(k)}": v for k, v in trainer.ema.shadow.items()})
     opt = trainer.optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for idx, pstate in opt["state"].items():
@@ -75,12 +69,12 @@ def load_state(trainer: Trainer, directory: Path) -> None:
     """Restore a trainer built from the same preset to the saved point."""
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "tensors.safetensors"), device=str(trainer.device))
-    names = {_plain(k): k for k in trainer.model.state_dict()}
+    names = {plain_name(k): k for k in trainer.model.state_dict()}
     model_state = {names.get(k[len("model/") :], k): v for k, v in tensors.items() if k.startswith("model/")}
     trainer.model.load_state_dict(model_state, strict=True)
     if trainer.ema is not None:
         for name in trainer.ema.shadow:
-            trainer.ema.shadow[name] = tensors[f"ema/{_plain(name)}"].clone()
+            trainer.ema.shadow[name] = tensors[f"ema/{plain_name(name)}"].clone()
     opt = trainer.optimizer.state_dict()
     params = opt["param_groups"][0]["params"] if len(opt["param_groups"]) == 1 else None
     indices = params if params is not None else [i for g in opt["param_groups"] for i in g["params"]]
