@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS ?=
 PRESET ?= sudoku-cpu
 
-.PHONY: install serve test lint train bench bench-model compare clean
+.PHONY: install serve test lint train bench bench-model bench-train compare clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ bench: $(STAMP)
 
 bench-model: $(STAMP)
 	$(BIN)/python -m benchmarks.model $(ARGS)
+
+bench-train: $(STAMP)
+	$(BIN)/python -m benchmarks.train --preset $(PRESET) $(ARGS)
 
 compare: $(STAMP)
 	$(BIN)/python -m benchmarks.compare_models $(ARGS)

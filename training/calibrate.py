@@ -42,9 +42,7 @@ def trace(model: nn.Module, data: PuzzleSet, batch_size: int = 256, limit: int =
     correct, probs = [], []
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
-        inputs = torch.as_tensor(np.asarray(data.inputs[lo:hi]), device=device).long()
-        labels = torch.as_tensor(np.asarray(data.labels[lo:hi]), device=device).long()
-        ids = torch.as_tensor(np.asarray(data.puzzle_ids[lo:hi]), device=device).long()
+        inputs, labels, ids = data.tensors(lo, hi, device)
         ignore = labels == 0
         steps = list(run_steps(model, inputs, ids, max_steps))
         correct.append(np.stack([((pred == labels) | ignore).all(-1).cpu().numpy() for _, pred, _ in steps]))

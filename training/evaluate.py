@@ -76,9 +76,7 @@ def evaluate_model(
     bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
-        inputs = torch.as_tensor(np.asarray(data.inputs[lo:hi]), device=device).long()
-        labels = torch.as_tensor(np.asarray(data.labels[lo:hi]), device=device).long()
-        ids = torch.as_tensor(np.asarray(data.puzzle_ids[lo:hi]), device=device).long()
+        inputs, labels, ids = data.tensors(lo, hi, device)
         b = hi - lo
         halted_at = torch.zeros(b, dtype=torch.long, device=device)
         adaptive = torch.zeros_like(labels)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,10 +312,3 @@ class Trainer:
 
     def save_weights(self, directory: Path) -> Path:
         return save_checkpoint(self.ema_model(), self.config, directory)
-
-    def timed_steps(self, n: int) -> float:
-        """Seconds per optimizer step over `n` steps (benchmarks, dry runs)."""
-        start = time.perf_counter()
-        for _ in range(n):
-            self.train_step()
-        return (time.perf_counter() - start) / max(1, n)

@@ -16,7 +16,6 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(preset: Preset, args: argparse.Namespace) -> int:
     # Imported here so a dry run needs neither data builders nor the loop.
-    from training.data.sources import augmentation_for, build_or_load
+    from training.data.sources import augmentation_for, build_or_load, fit_to_data
     from training.loop import Trainer, pick_device, summarize
     from training.metrics import MetricsLog
     from training.state import load_state, save_state
@@ -75,20 +74,10 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir or Path("runs") / preset.name
     run_dir.mkdir(parents=True, exist_ok=True)
     meta, train_data, test_data = build_or_load(preset)
-    preset = replace(
-        preset,
-        model=replace(
-            preset.model,
-            seq_len=meta.seq_len,
-            num_puzzle_ids=meta.num_puzzle_ids,
-            training={**preset.model.training, "data": meta.description, "data_source": meta.source},
-        ),
-    )
-    if meta.family != preset.model.family or meta.vocab_size != preset.model.vocab_size:
-        raise SystemExit(
-            f"dataset is {meta.family}/vocab {meta.vocab_size}, preset model wants "
-            f"{preset.model.family}/vocab {preset.model.vocab_size}"
-        )
+    try:
+        preset = fit_to_data(preset, meta)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), pick_device(args.device))
     main_rank = trainer.dist.rank == 0
     if args.resume:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.puzzles.sudoku import decode_tokens, encode_grids, is_valid_solution
 from training.data import sudoku
@@ -194,6 +196,14 @@ def test_build_writes_a_loadable_dataset(tmp_path: Path) -> None:
     assert train.labels.min() >= 2  # labels are the full solution, givens included
     assert not {r.tobytes() for r in train.inputs} & {r.tobytes() for r in test.inputs}
     assert "rating" in train.extras
+
+    # Batches leave the read-only memory map as int64 copies, which torch can own without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inputs, labels, ids = train.tensors(10, 42, torch.device("cpu"))
+    assert inputs.dtype == labels.dtype == ids.dtype == torch.int64
+    assert (inputs.numpy() == train.inputs[10:42]).all() and (labels.numpy() == train.labels[10:42]).all()
+    assert ids.shape == (32,)
 
 
 def test_build_from_csv_subsamples_train_with_a_seed(tmp_path: Path, nine: sudoku.SudokuPuzzles) -> None:

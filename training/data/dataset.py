@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 CORE_ARRAYS = ("inputs", "labels", "puzzle_ids", "groups")
 CSV_HEADER = ["source", "question", "answer", "rating"]
@@ -65,6 +67,15 @@ class PuzzleSet:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def tensors(self, lo: int, hi: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows lo..hi as int64 tensors (inputs, labels, puzzle ids) on `device`. The rows are copied out of the
+        read-only memory map first: torch must not wrap memory it cannot write."""
+
+        def rows(arr: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.array(arr[lo:hi], dtype=np.int64)).to(device)
+
+        return rows(self.inputs), rows(self.labels), rows(self.puzzle_ids)
 
     def subset(self, index: np.ndarray) -> PuzzleSet:
         return PuzzleSet(

@@ -10,7 +10,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,23 @@ def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | N
     meta = load_meta(root)
     test = load_split(root, "test") if (root / "test").is_dir() else None
     return meta, load_split(root, "train"), test
+
+
+def fit_to_data(preset: Preset, meta: DatasetMeta) -> Preset:
+    """The preset with the model sized to its dataset (sequence length, puzzle-table rows) and the data described
+    in the model's training record, which travels into config.json; an error if the dataset is another family."""
+    if meta.family != preset.model.family or meta.vocab_size != preset.model.vocab_size:
+        raise ValueError(
+            f"dataset is {meta.family}/vocab {meta.vocab_size}, preset model wants "
+            f"{preset.model.family}/vocab {preset.model.vocab_size}"
+        )
+    model = replace(
+        preset.model,
+        seq_len=meta.seq_len,
+        num_puzzle_ids=meta.num_puzzle_ids,
+        training={**preset.model.training, "data": meta.description, "data_source": meta.source},
+    )
+    return replace(preset, model=model)
 
 
 def augmentation_for(meta: DatasetMeta) -> Augment | None:
