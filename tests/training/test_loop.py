@@ -118,6 +118,16 @@ def test_a_non_finite_step_updates_nothing_and_a_run_of_them_stops_training(
     assert trainer.bad_steps == loop.MAX_BAD_STEPS
 
 
+def test_compiling_on_a_cpu_without_a_compiler_fails_up_front_with_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ here
+    with pytest.raises(RuntimeError, match=r"no g\+\+ on PATH.*--set train.compile=off"):
+        Trainer(
+            tiny_preset(tmp_path, "train.compile=on"), sudoku_4x4(tmp_path), None, tmp_path, device=torch.device("cpu")
+        )
+
+
 def test_running_slots_keep_their_puzzle_until_the_step_limit(tmp_path: Path) -> None:
     preset = tiny_preset(tmp_path)
     train = sudoku_4x4(tmp_path)
