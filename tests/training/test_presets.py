@@ -10,6 +10,8 @@ import pytest
 
 from training import run
 from training.config import available_presets, load_preset
+from training.data.dataset import DatasetMeta
+from training.data.sources import fit_to_data
 
 PAPER = {
     "sudoku-extreme-mlp": 5_028_866,
@@ -131,3 +133,15 @@ def test_bad_values_and_unknown_presets_are_rejected() -> None:
         load_preset("sudoku-4x4-tiny", ["model.hidden_size=30"])
     with pytest.raises(ValueError, match=r"no preset 'sudoku-huge'; available: .*sudoku-4x4-tiny"):
         load_preset("sudoku-huge")
+
+
+def test_a_preset_is_sized_to_its_dataset_and_refuses_another_family() -> None:
+    preset = load_preset("maze-cpu")
+    meta = DatasetMeta("maze", 6, 121, 1, "dihedral", "11x11 mazes", {"side": 11})
+    fitted = fit_to_data(preset, meta)
+    assert (fitted.model.seq_len, fitted.model.num_puzzle_ids) == (121, 1)
+    assert fitted.model.training["data"] == "11x11 mazes" and fitted.model.training["data_source"] == {"side": 11}
+    assert fitted.model.training["preset"] == "maze-cpu"  # what the preset recorded is kept
+    sudoku_meta = DatasetMeta("sudoku", 11, 81, 1, "sudoku", "9x9 sudoku", {})
+    with pytest.raises(ValueError, match="dataset is sudoku/vocab 11, preset model wants maze/vocab 6"):
+        fit_to_data(preset, sudoku_meta)
