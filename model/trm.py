@@ -8,6 +8,7 @@ supervision step; training and serving both drive the model only through `initia
 from __future__ import annotations
 
 import math
+import shutil
 from typing import NamedTuple
 
 import torch
@@ -87,7 +88,17 @@ class TRM(nn.Module):
         self.net = ReasoningNet(self.config)
 
     def compile_networks(self, **options: object) -> None:
-        """`torch.compile` each reasoning network in place (the step around them stays eager)."""
+        """`torch.compile` each reasoning network in place (the step around them stays eager).
+
+        On a CPU, inductor builds C++ with g++ at the first call; without one that call fails deep inside torch,
+        so a missing compiler is reported here, before any work, by training and the server alike.
+        """
+        if self.y_init.device.type == "cpu" and shutil.which("g++") is None:
+            raise RuntimeError(
+                "torch.compile on a CPU needs a C++ compiler and there is no g++ on PATH: install one "
+                "(apt-get install g++) or leave compilation off (training: --set train.compile=off; "
+                "server: no --compile)"
+            )
         for name in self.network_names:
             setattr(self, name, torch.compile(getattr(self, name), **options))  # type: ignore[call-overload]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,12 +132,6 @@ class Trainer:
         self.model.train()
         self.step_fn = self.model.step  # type: ignore[attr-defined]
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
-            if self.device.type == "cpu" and shutil.which("g++") is None:
-                # Inductor's CPU backend builds C++ with g++; without it the first step fails deep inside torch.
-                raise RuntimeError(
-                    "train.compile=on on a CPU needs a C++ compiler for torch.compile and there is no g++ on PATH: "
-                    "install one (apt-get install g++) or pass --set train.compile=off"
-                )
             self.model.compile_networks()  # type: ignore[operator]
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(

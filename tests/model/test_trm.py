@@ -99,3 +99,11 @@ def test_learned_positions_add_a_table():
     model = TRM(tiny_config(pos_encodings="learned"))
     assert model.embed_pos is not None and model.embed_pos.weight.shape == (20, 32)
     assert count_trainable_parameters(model) > count_trainable_parameters(TRM(tiny_config(pos_encodings="none")))
+
+
+def test_compiling_on_a_cpu_without_a_compiler_fails_before_any_work(tmp_path, monkeypatch):
+    model = TRM(tiny_config())
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ here
+    with pytest.raises(RuntimeError, match=r"no g\+\+ on PATH.*server: no --compile"):
+        model.compile_networks()
+    assert not any(name.startswith("_orig_mod") or "._orig_mod" in name for name, _ in model.named_parameters())
