@@ -31,6 +31,7 @@ import torch
 
 from benchmarks.model import cpu_model, write_results
 from training.config import Preset, load_preset
+from training.data.dataset import DatasetMeta, PuzzleSet
 from training.data.sources import augmentation_for, build_or_load, fit_to_data
 from training.loop import Trainer, pick_device
 
@@ -59,9 +60,11 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(preset: Preset, device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
-    """Warm-up then timed optimizer steps of one trainer built from `preset`."""
-    meta, train_data, _ = build_or_load(preset)
+def measure(
+    preset: Preset, data: tuple[DatasetMeta, PuzzleSet], device: torch.device, warmup: int, steps: int
+) -> dict[str, Any]:
+    """Warm-up then timed optimizer steps of one trainer built from `preset` on `data` (its dataset, loaded once)."""
+    meta, train_data = data
     preset = fit_to_data(preset, meta)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(preset, train_data, None, Path(run_dir), augmentation_for(meta), device)
@@ -134,13 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "variants": [],
     }
+    # Variants differ only in [train], so they share one dataset.
+    meta, train_data, _ = build_or_load(load_preset(args.preset, args.overrides))
     for dtype, compile_ in variants:
         preset = load_preset(args.preset, [*args.overrides, f"train.dtype={dtype}", f"train.compile={compile_}"])
         results["global_batch_size"] = preset.train.global_batch_size
         row: dict[str, Any] = {"variant": f"{dtype}/{compile_}"}
         log.info("%s: %s", preset.name, row["variant"])
         try:
-            row.update(measure(preset, device, args.warmup, args.steps))
+            row.update(measure(preset, (meta, train_data), device, args.warmup, args.steps))
         except Exception as exc:  # one failing variant (no C++ compiler, out of memory) must not hide the others
             log.exception("variant %s failed", row["variant"])
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
