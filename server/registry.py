@@ -144,7 +144,8 @@ class Registry:
             raise CheckpointError(f"no loadable checkpoint under {self.settings.weights_dir}")
 
     def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
-        """The named model, or the family's default: the smallest grid that fits `side` (cheapest compute).
+        """The named model, or the family's default: one trained on puzzles of `side` if any (see `trained_on`),
+        then the smallest grid that fits it (cheapest compute).
 
         Among models of one size a TRM is preferred: an HRM is shipped to compare against, not as the default.
         """
@@ -162,7 +163,28 @@ class Registry:
         if not fitting:
             largest = max(e.config.grid_side for e in candidates)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
-        return min(fitting, key=lambda e: (e.config.grid_side, e.config.arch != "trm", e.name))
+        return min(
+            fitting,
+            key=lambda e: (
+                side is not None and not trained_on(e.config, side),
+                e.config.grid_side,
+                e.config.arch != "trm",
+                e.name,
+            ),
+        )
+
+
+def trained_on(config: TRMConfig, side: int) -> bool:
+    """Whether a maze model saw mazes of this side in training: its own side, or down to the smallest side of
+    mixed-size data (`min_side` in the recorded data source). A maze model does poorly on smaller mazes padded
+    into its grid unless it was trained on them (maze-9x9: 81% exact on 9x9 mazes, 35% on padded 7x7 ones), so
+    such a model is preferred over a smaller grid that merely fits. Other families count as trained on any size
+    that fits: Sudoku has one size, and ARC models train on every grid size up to their canvas."""
+    if config.family != "maze":
+        return True
+    source = config.training.get("data_source")
+    low = source.get("min_side", config.grid_side) if isinstance(source, dict) else config.grid_side
+    return isinstance(low, int) and low <= side <= config.grid_side
 
 
 def engine_hook(spec: str | None) -> Callable[[Engine], None] | None:

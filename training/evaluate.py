@@ -71,7 +71,7 @@ def evaluate_model(
     max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
     n = min(len(data), limit) if limit else len(data)
     sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
-    preds_never, preds_adaptive, q_adaptive, q_never = [], [], [], []
+    preds_never, preds_adaptive, q_adaptive, q_never, exact_rows = [], [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
     for lo in range(0, n, batch_size):
@@ -90,8 +90,11 @@ def evaluate_model(
         valid = labels != 0
         for key, p in (("", pred), ("ad_", adaptive)):
             right = ((p == labels) & valid).sum(-1)
-            sums[key + "exact"] += int((right == valid.sum(-1)).sum())
+            exact = right == valid.sum(-1)
+            sums[key + "exact"] += int(exact.sum())
             sums[key + "cells"] += int(right.sum())
+            if not key:
+                exact_rows.append(exact.cpu().numpy())
         sums["cells_total"] += int(valid.sum())
         sums["steps"] += int(halted_at.sum())
         if keep_predictions:
@@ -113,6 +116,10 @@ def evaluate_model(
         "halt_threshold": threshold,
         "seconds": round(elapsed, 2),
     }
+    sides = np.asarray(data.extras["side"][:n]) if "side" in data.extras else np.zeros(0)
+    if len(np.unique(sides)) > 1:  # a mixed-size maze set: the headline alone would hide the hardest size
+        right_rows = np.concatenate(exact_rows)
+        result["exact_by_side"] = {str(v): float(right_rows[sides == v].mean()) for v in np.unique(sides)}
     if keep_predictions:
         result["predictions"] = np.concatenate(preds_never) if preds_never else np.zeros((0, 0))
         result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))

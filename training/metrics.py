@@ -43,20 +43,35 @@ class MetricsLog:
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             log.warning("matplotlib missing; no plot written")
             return
-        records = self.records()
-        fig, axes = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 3.6))
-        for ax, (kind, keys, title) in zip(axes, PLOTTED, strict=True):
-            rows = [r for r in records if r.get("kind") == kind]
-            for key in keys:
-                pts = [(r["step"], r[key]) for r in rows if key in r]
-                if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, marker="o" if kind == "eval" else None, markersize=3, label=key)
+        panels = curves(self.records())
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+        for ax, (title, kind, lines) in zip(axes, panels, strict=True):
+            for label, (xs, ys) in lines.items():
+                style = "--" if label.startswith("exact ") else "-"  # per-side curves under the headline
+                ax.plot(xs, ys, style, marker="o" if kind == "eval" else None, markersize=3, label=label)
             ax.set_title(title)
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
+            if lines:
                 ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(self.plot_path, dpi=90)
         plt.close(fig)
+
+
+def curves(records: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, tuple[list[float], list[float]]]]]:
+    """The plotted panels as (title, record kind, {label: (steps, values)}). An evaluation of mixed-size mazes
+    adds one curve per side ("exact 15x15") to the accuracy panel, so the hardest size is not averaged away."""
+    panels = []
+    for kind, keys, title in PLOTTED:
+        rows = [r for r in records if r.get("kind") == kind]
+        points = {key: [(r["step"], r[key]) for r in rows if key in r] for key in keys}
+        if "exact_accuracy" in keys:
+            for side in sorted({int(side) for r in rows for side in r.get("exact_by_side", {})}):
+                by_side = [
+                    (r["step"], r["exact_by_side"][str(side)]) for r in rows if str(side) in r.get("exact_by_side", {})
+                ]
+                points[f"exact {side}x{side}"] = by_side
+        lines = {label: ([p[0] for p in pts], [p[1] for p in pts]) for label, pts in points.items() if pts}
+        panels.append((title, kind, lines))
+    return panels

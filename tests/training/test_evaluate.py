@@ -87,6 +87,25 @@ def test_evaluate_reports_exact_and_cell_accuracy_of_the_final_answer() -> None:
     assert evaluate_model(model, puzzle_set(inputs, labels), limit=3)["exact_accuracy"] == pytest.approx(2 / 3)
 
 
+def test_mixed_size_sets_report_exact_accuracy_per_side() -> None:
+    model = tiny_model()
+    inputs = inputs_for()
+    labels = manual_steps(model, inputs)[0][-1].copy()
+    labels[1, 0] = wrong(labels[1, 0])
+    labels[4, 2] = wrong(labels[4, 2])
+    data = puzzle_set(inputs, labels)
+    sides = np.array([5, 7, 5, 7, 7, 5])
+    data.extras["side"] = sides
+
+    result = evaluate_model(model, data, batch_size=3)
+
+    wrong_rows = np.zeros(N, bool)
+    wrong_rows[[1, 4]] = True
+    assert result["exact_by_side"] == {str(s): pytest.approx(1 - wrong_rows[sides == s].mean()) for s in (5, 7)}
+    data.extras["side"] = np.full(N, 7)
+    assert "exact_by_side" not in evaluate_model(model, data)  # one size: the headline says it all
+
+
 def test_adaptive_halting_answers_at_the_first_confident_step() -> None:
     model = tiny_model(q_bias=1.0)  # q_halt = +1 everywhere: every puzzle halts after its first step
     inputs = inputs_for()

@@ -18,6 +18,7 @@ from training.data import sudoku
 from training.data.dataset import PuzzleSet, load_split
 from training.loop import Trainer
 from training.losses import act_loss
+from training.metrics import MetricsLog, curves
 from training.sampler import Batch, BatchStream
 
 BATCH = 8
@@ -288,3 +289,18 @@ def test_batch_stream_drops_the_last_partial_batch_of_an_epoch() -> None:
     assert stream.epoch == 1 and stream.offset == 5
     assert len(set(np.concatenate([b.puzzle_ids for b in first]).tolist())) == 10
     assert len(set(third.puzzle_ids.tolist())) == 5
+
+
+def test_plot_draws_per_side_curves_of_mixed_size_evaluations(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path)
+    log.write({"kind": "train", "step": 1, "lm_loss": 1.0, "accuracy": 0.5})
+    for step, (small, large) in ((100, (0.2, 0.0)), (200, (0.6, 0.1))):
+        by_side = {"9": small, "15": large}
+        log.write({"kind": "eval", "step": step, "exact_accuracy": (small + large) / 2, "exact_by_side": by_side})
+    panels = {title: lines for title, _, lines in curves(log.records())}
+    assert panels["eval accuracy"]["exact 9x9"] == ([100, 200], [0.2, 0.6])
+    assert panels["eval accuracy"]["exact 15x15"] == ([100, 200], [0.0, 0.1])
+    assert panels["eval accuracy"]["exact_accuracy"] == ([100, 200], [0.1, 0.35])
+    assert panels["loss"] == {"lm_loss": ([1], [1.0])}
+    log.plot()
+    assert log.plot_path.stat().st_size > 0

@@ -169,3 +169,36 @@ def test_build_from_csv(tmp_path: Path, mazes: tuple[np.ndarray, np.ndarray, np.
     train, test = load_split(root, "train"), load_split(root, "test")
     assert len(train) == 40 and len(test) == 5 and load_meta(root).seq_len == 225
     assert (train.extras["path_length"] == lengths).all()
+
+
+def test_build_mixes_smaller_sides_padded_like_the_server(tmp_path: Path) -> None:
+    root = maze.build(tmp_path / "ds", n_train=60, n_test=24, side=11, min_path=12, seed=0, workers=1, min_side=6)
+    meta = load_meta(root)
+    assert meta.seq_len == 121 and meta.source["min_side"] == 7
+    train, test = load_split(root, "train"), load_split(root, "test")
+    assert sorted(np.unique(train.extras["side"], return_counts=True)[1]) == [20, 20, 20]
+    assert sorted(np.unique(test.extras["side"], return_counts=True)[1]) == [8, 8, 8]
+    assert len(set(test.extras["side"][:8].tolist())) > 1  # shuffled, so a periodic-eval prefix sees every size
+    codec = MazeCodec(121)
+    for split in (train, test):
+        for q, a, s, length in zip(
+            split.inputs, split.labels, split.extras["side"], split.extras["path_length"], strict=True
+        ):
+            grid, label = q.reshape(11, 11), a.reshape(11, 11)
+            maze_q, maze_a = grid[:s, :s], label[:s, :s]
+            assert (codec.encode(maze_q) == q).all()  # exactly the server's padding of an s x s maze
+            padding = np.ones((11, 11), dtype=bool)
+            padding[:s, :s] = False
+            assert (label[padding] == 0).all()  # the padding is not scored
+            assert is_shortest_path_answer(maze_q, maze_a)
+            assert length >= round(12 * s * s / 121) and length == (maze_a == PATH).sum() + 1
+
+
+def test_build_with_min_side_equal_to_side_is_the_one_side_set(tmp_path: Path) -> None:
+    one = maze.build(tmp_path / "one", n_train=30, n_test=10, side=9, min_path=6, seed=5, workers=1)
+    same = maze.build(tmp_path / "same", n_train=30, n_test=10, side=9, min_path=6, seed=5, workers=1, min_side=9)
+    for split in ("train", "test"):
+        a, b = load_split(one, split), load_split(same, split)
+        assert (a.inputs == b.inputs).all() and (a.labels == b.labels).all()
+    with pytest.raises(ValueError, match=r"min_side must be 5\.\.9"):
+        maze.build(tmp_path / "bad", n_train=3, n_test=1, side=9, min_side=4, workers=1)

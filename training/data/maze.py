@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral
-from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START
+from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START, WALL
 from training.data.compiled import fork_context, njit
 from training.data.dataset import DatasetMeta, PuzzleSet, read_csv_rows, save_dataset, write_csv_rows
 
@@ -273,19 +273,48 @@ def write_csv(path: str | Path, questions: np.ndarray, labels: np.ndarray, sourc
     )
 
 
-def _split(questions: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> PuzzleSet:
+def _split(questions: np.ndarray, labels: np.ndarray, extras: dict[str, np.ndarray]) -> PuzzleSet:
     n, cells = len(questions), int(np.prod(questions.shape[1:]))  # explicit: an empty split cannot infer -1
     return PuzzleSet(
         inputs=questions.reshape(n, cells),
         labels=labels.reshape(n, cells),
         puzzle_ids=np.zeros(n, dtype=np.int32),
         groups=np.arange(n, dtype=np.int32),
-        extras={"path_length": lengths.astype(np.int32)},
+        extras={k: v.astype(np.int32) for k, v in extras.items()},
     )
 
 
 def _meta(side: int, description: str, source: dict[str, object]) -> DatasetMeta:
     return DatasetMeta("maze", 6, side * side, 1, "dihedral", description, source)
+
+
+def pad(grids: np.ndarray, side: int, fill: int) -> np.ndarray:
+    """Lay [n, s, s] grids into the top-left of [n, side, side] ones filled with `fill`, as the server lays a smaller
+    maze into its model's square (questions take WALL, labels 0 so the padding is not scored)."""
+    n, s = len(grids), grids.shape[-1]
+    if s > side:
+        raise ValueError(f"{s}x{s} mazes do not fit a {side}x{side} grid")
+    out = np.full((n, side, side), fill, dtype=np.uint8)
+    out[:, :s, :s] = grids
+    return out
+
+
+def _distinct(
+    need: int, side: int, loops: float, min_path: int, far: float, seed: int, workers: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`need` distinct generated mazes of one side (a few spare ones are made so duplicates can be dropped)."""
+    q, a, lengths = generate(need + need // 8 + 8, side, loops, min_path, far, seed, workers)
+    flat = np.ascontiguousarray(q.reshape(len(q), -1))
+    _, first = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))), return_index=True)
+    keep = np.sort(first)[:need]
+    if len(keep) < need:
+        raise RuntimeError(f"only {len(keep)} distinct {side}x{side} mazes generated, {need} needed")
+    return q[keep], a[keep], lengths[keep]
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal counts, the remainder going to the last (largest) parts."""
+    return [total // parts + (1 if i >= parts - total % parts else 0) for i in range(parts)]
 
 
 def build(
@@ -298,19 +327,36 @@ def build(
     far: float = 0.75,
     seed: int = 0,
     workers: int | None = None,
+    min_side: int = 0,
 ) -> Path:
     """Generate a maze dataset (family "maze", vocab 6, dihedral augmentation on the fly); returns its directory.
 
     Mazes are deduplicated and none is shared between train and test (this only matters for tiny sides).
+    With `min_side` below `side`, the set mixes the sides min_side, min_side + 2, ..., side in equal numbers,
+    each padded into the side x side canvas. Only sides of the parity of `side` are used: the generator carves
+    on the even lattice, so an even side holds the same mazes as the odd side below it plus a line of walls.
+    `min_path` is for `side`; a smaller side s gets min_path * s^2 / side^2, the same share of its cells.
+    A model trained so serves every maze size in the range, not just its own (see `pad`).
     """
-    need = n_train + n_test
-    q, a, lengths = generate(need + need // 8 + 8, side, loops, min_path, far, seed, workers)
-    flat = np.ascontiguousarray(q.reshape(len(q), -1))
-    _, first = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))), return_index=True)
-    keep = np.sort(first)[:need]
-    if len(keep) < need:
-        raise RuntimeError(f"only {len(keep)} distinct {side}x{side} mazes generated, {need} needed")
-    q, a, lengths = q[keep], a[keep], lengths[keep]
+    if min_side and not 5 <= min_side <= side:
+        raise ValueError(f"maze min_side must be 5..{side} (the side), got {min_side}")
+    sides = list(range(side - 2 * ((side - (min_side or side)) // 2), side + 1, 2))
+    parts = []
+    for s, n_tr, n_te in zip(sides, _shares(n_train, len(sides)), _shares(n_test, len(sides)), strict=True):
+        # The full side keeps the dataset's own seed, so a one-side set is the same as before mixing existed.
+        s_seed = seed if s == side else int(np.random.SeedSequence([seed, s]).generate_state(1)[0] >> 1)
+        s_min_path = min_path if s == side else round(min_path * s * s / (side * side))
+        q, a, lengths = _distinct(n_tr + n_te, s, loops, s_min_path, far, s_seed, workers)
+        parts.append((pad(q, side, WALL), pad(a, side, 0), lengths, np.full(len(q), s), np.arange(len(q)) >= n_tr))
+    q, a, lengths, side_of, is_test = (np.concatenate(column) for column in zip(*parts, strict=True))
+    shuffle = np.random.default_rng(seed)
+
+    def split(test: bool) -> PuzzleSet:
+        rows = np.flatnonzero(is_test == test)
+        if len(sides) > 1:
+            rows = shuffle.permutation(rows)  # sizes mixed through the split, so any prefix holds all of them
+        return _split(q[rows], a[rows], {"path_length": lengths[rows], "side": side_of[rows]})
+
     source: dict[str, object] = {
         "generator": "training.data.maze.generate",
         "seed": seed,
@@ -318,16 +364,24 @@ def build(
         "loops": loops,
         "min_path": min_path,
         "far": far,
-        "mean_path_length": float(lengths.mean()) if need else 0.0,
+        "mean_path_length": float(lengths.mean()) if len(lengths) else 0.0,
     }
+    if len(sides) > 1:
+        source["min_side"] = sides[0]
     log.info(
-        "maze: %d train / %d test %dx%d mazes, mean path %.1f", n_train, n_test, side, side, source["mean_path_length"]
+        "maze: %d train / %d test mazes of side %s in %dx%d, mean path %.1f",
+        n_train,
+        n_test,
+        "/".join(map(str, sides)),
+        side,
+        side,
+        source["mean_path_length"],
     )
-    desc = f"generated {side}x{side} mazes, unique shortest path >= {max(min_path, 2)} steps, loops p={loops}"
-    splits = {
-        "train": _split(q[:n_train], a[:n_train], lengths[:n_train]),
-        "test": _split(q[n_train:], a[n_train:], lengths[n_train:]),
-    }
+    sizes = f"{side}x{side}" if len(sides) == 1 else f"{sides[0]}x{sides[0]} to {side}x{side} (padded with walls)"
+    desc = f"generated {sizes} mazes, unique shortest path >= {max(min_path, 2)} steps, loops p={loops}"
+    if len(sides) > 1:
+        desc += " at the full side, scaled by area below"
+    splits = {"train": split(test=False), "test": split(test=True)}
     return save_dataset(out_dir, _meta(side, desc, source), splits)
 
 
@@ -342,5 +396,5 @@ def build_from_csv(
     steps = [(a == PATH).sum(axis=(1, 2)) + 1 for a in (ta, ea)]
     source: dict[str, object] = {"train_csv": str(train_csv), "test_csv": str(test_csv), "test_limit": test_limit}
     desc = f"Maze-Hard CSV: {len(tq)} train, {len(eq)} test {side}x{side} mazes"
-    splits = {"train": _split(tq, ta, steps[0]), "test": _split(eq, ea, steps[1])}
+    splits = {"train": _split(tq, ta, {"path_length": steps[0]}), "test": _split(eq, ea, {"path_length": steps[1]})}
     return save_dataset(out_dir, _meta(side, desc, source), splits)

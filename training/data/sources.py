@@ -54,6 +54,7 @@ def build(data: DataConfig, out: Path) -> Path:
             loops=data.maze_loops,
             min_path=data.min_path,
             seed=data.seed,
+            min_side=data.min_grid_size,
         )
     if data.builder == "maze-csv":
         train, test = _csv_pair(data.path)
@@ -123,13 +124,9 @@ def pad_mazes(data: PuzzleSet, side: int, model_side: int) -> PuzzleSet:
     """Lay smaller mazes into a larger model's grid the way the server does: walls around, the padding unscored."""
     if side == model_side:
         return data
-    if side > model_side:
-        raise ValueError(f"{side}x{side} mazes do not fit a {model_side}x{model_side} model")
     n = len(data)
-    inputs = np.full((n, model_side, model_side), WALL, dtype=np.uint8)
-    labels = np.zeros((n, model_side, model_side), dtype=np.uint8)
-    inputs[:, :side, :side] = np.asarray(data.inputs).reshape(n, side, side)
-    labels[:, :side, :side] = np.asarray(data.labels).reshape(n, side, side)
+    inputs = maze.pad(np.asarray(data.inputs).reshape(n, side, side), model_side, WALL)
+    labels = maze.pad(np.asarray(data.labels).reshape(n, side, side), model_side, 0)
     return PuzzleSet(inputs.reshape(n, -1), labels.reshape(n, -1), data.puzzle_ids, data.groups, dict(data.extras))
 
 
