@@ -17,8 +17,13 @@ IGNORE = 0  # label token 0 (PAD) is not scored
 
 
 def _stablemax_s(x: Tensor) -> Tensor:
-    """s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0: positive, monotone, linear growth instead of exp."""
-    return torch.where(x < 0, 1 / (1 - x), x + 1)
+    """s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0: positive, monotone, linear growth instead of exp.
+
+    The x < 0 branch reads x clamped to <= 0. `torch.where` back-propagates zeros into the branch it did not
+    pick, and a zero times that branch's derivative at x = 1 (1 / 0) is NaN, so an unclamped logit of exactly
+    1.0 poisons the whole gradient. Under bf16 autocast logits are coarse enough to hit 1.0 in every batch.
+    (The reference adds 1e-30 to the denominator instead; the values are the same.)"""
+    return torch.where(x < 0, 1 / (1 - x.clamp(max=0)), x + 1)
 
 
 def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

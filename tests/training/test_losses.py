@@ -36,6 +36,20 @@ def test_stablemax_cross_entropy_equals_hand_value() -> None:
     assert loss[0, 1].item() == pytest.approx(math.log(6.25), rel=1e-12)
 
 
+def test_stablemax_gradient_is_finite_and_exact_where_a_logit_is_one() -> None:
+    # bf16 logits land on exactly 1.0 all the time; there 1 / (1 - x) divides by zero in the branch not taken.
+    logits = torch.tensor([[[1.0, -1.0, 0.5], [1.0, 1.0, -2.0]]], dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.tensor([[1, 2]])
+    stablemax_cross_entropy(logits, labels).sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # d/dx_j of -log(s_label / sum s) = s'(x_j) / sum s - [j = label] s'(x_label) / s_label, s' = 1 above zero.
+    row, label = [1.0, -1.0, 0.5], 1
+    total = sum(s(v) for v in row)  # 2 + 0.5 + 1.5
+    slope = [1.0, 1 / (1 - row[1]) ** 2, 1.0]
+    expected = [slope[j] / total - (slope[j] / s(row[j]) if j == label else 0.0) for j in range(3)]
+    assert logits.grad[0, 0].float().tolist() == pytest.approx(expected, rel=1e-2)
+
+
 def test_stablemax_ignored_labels_contribute_nothing() -> None:
     logits = torch.randn(2, 5, 4)
     labels = torch.tensor([[0, 1, 0, 3, 0], [0, 0, 0, 0, 0]])
