@@ -37,12 +37,13 @@ def test_each_variant_is_timed_and_written(tmp_path: Path) -> None:
         assert row["peak_memory_mib"] > 0
         assert row["trainable_parameters"] > 0
         assert row["last_lm_loss"] > 0
+        assert row["skipped_updates"] == 0  # every timed step really trained
     table = out.with_suffix(".txt").read_text()
-    assert "| float32/off |" in table and "| bfloat16/off |" in table
+    assert "| float32/off |" in table and "| bfloat16/off |" in table and "| 0 of 4 |" in table
 
 
 def test_variants_default_per_device_and_reject_unknown_names() -> None:
-    assert parse_variants("", torch.device("cpu")) == [("float32", "off"), ("float32", "on")]
+    assert parse_variants("", torch.device("cpu")) == [("float32", "off"), ("float32", "on"), ("bfloat16", "on")]
     assert parse_variants("", torch.device("cuda")) == [("float32", "off"), ("bfloat16", "off"), ("bfloat16", "on")]
     assert parse_variants("bfloat16/on", torch.device("cpu")) == [("bfloat16", "on")]
     with pytest.raises(ValueError, match="float16/on"):
