@@ -64,6 +64,7 @@ class ModelEntry:
             "puzzle": self.family,
             "arch": self.config.arch,
             "grid_size": self.config.grid_side,
+            "trained_sides": trained_sides(self.config),
             "config": {k: v for k, v in self.config.to_dict().items() if k != "training"},
             "trainable_parameters": count_trainable_parameters(self.checkpoint.model),
             "sha256": self.checkpoint.sha256,
@@ -174,17 +175,23 @@ class Registry:
         )
 
 
-def trained_on(config: TRMConfig, side: int) -> bool:
-    """Whether a maze model saw mazes of this side in training: its own side, or down to the smallest side of
-    mixed-size data (`min_side` in the recorded data source). A maze model does poorly on smaller mazes padded
-    into its grid unless it was trained on them (maze-9x9: 81% exact on 9x9 mazes, 35% on padded 7x7 ones), so
-    such a model is preferred over a smaller grid that merely fits. Other families count as trained on any size
-    that fits: Sudoku has one size, and ARC models train on every grid size up to their canvas."""
+def trained_sides(config: TRMConfig) -> tuple[int, int] | None:
+    """The maze sides a maze model saw in training: its own side, or from the smallest side of mixed-size data
+    (`min_side` in the recorded data source) up to its own. None for other families, which count as trained on
+    any size that fits: Sudoku has one size, and ARC models train on every grid size up to their canvas."""
     if config.family != "maze":
-        return True
+        return None
     source = config.training.get("data_source")
-    low = source.get("min_side", config.grid_side) if isinstance(source, dict) else config.grid_side
-    return isinstance(low, int) and low <= side <= config.grid_side
+    low = source.get("min_side") if isinstance(source, dict) else None
+    return (low if isinstance(low, int) else config.grid_side, config.grid_side)
+
+
+def trained_on(config: TRMConfig, side: int) -> bool:
+    """Whether the model saw puzzles of this side in training. A maze model does poorly on smaller mazes padded
+    into its grid unless it was trained on them (maze-9x9: 81% exact on 9x9 mazes, 35% on padded 7x7 ones), so
+    `Registry.pick` prefers such a model over a smaller grid that merely fits."""
+    sides = trained_sides(config)
+    return sides is None or sides[0] <= side <= sides[1]
 
 
 def engine_hook(spec: str | None) -> Callable[[Engine], None] | None:

@@ -221,7 +221,7 @@ function fillModels() {
     select.disabled = true;
   } else {
     select.disabled = false;
-    select.append(el("option", { value: "", text: "auto: smallest model that fits" }));
+    select.append(el("option", { value: "", text: "auto: trained on this size, else smallest that fits" }));
     for (const m of models) {
       const params = m.trainable_parameters ? ` · ${(m.trainable_parameters / 1e6).toFixed(2)}M params` : "";
       select.append(el("option", { value: m.name, text: `${m.name} (${m.grid_size}×${m.grid_size}${params})` }));
@@ -244,6 +244,8 @@ function describeModel() {
   const card = m.card || {};
   const acc = Object.entries(card).find(([k, v]) => /acc/i.test(k) && typeof v === "number");
   const parts = [`${m.name}: ${m.arch || "trm"}, ${m.grid_size}×${m.grid_size}`, `${m.backend} on ${m.provider}`];
+  const sides = m.trained_sides;
+  if (sides && sides[0] !== sides[1]) parts.push(`trained on ${sides[0]}×${sides[0]} to ${sides[1]}×${sides[1]} mazes`);
   if (acc) parts.push(`${acc[0]} ${(acc[1] <= 1 ? acc[1] * 100 : acc[1]).toFixed(1)}%`);
   note.textContent = parts.join(" · ");
 }

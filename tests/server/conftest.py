@@ -106,6 +106,18 @@ def write_checkpoint(
     return directory
 
 
+def record_trained_sides(directory: Path, side: int, min_side: int | None) -> None:
+    """Write into a maze checkpoint's config.json what `training.run` records about its data (the keys the server
+    reads): one side, or mixed sides from `min_side` up."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    source: dict[str, object] = {"generator": "training.data.maze.generate", "side": side}
+    if min_side is not None:
+        source["min_side"] = min_side
+    config["training"] = {"preset": "test", "data_source": source}
+    path.write_text(json.dumps(config))
+
+
 def write_tiny_weights(weights: Path, arc: bool = True) -> Path:
     """sudoku-tiny (9x9), maze-tiny (10x10) and, optionally, arc-tiny (10x10 canvas, two known task rows)."""
     write_checkpoint(weights / "sudoku-tiny", "sudoku", 81, seed=1)

@@ -3,27 +3,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from tests.server.conftest import write_checkpoint
-
-
-def _record_training_sides(directory: Path, side: int, min_side: int | None) -> None:
-    """What `training.run` writes into config.json about the data (only the keys routing reads)."""
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    source: dict[str, object] = {"generator": "training.data.maze.generate", "side": side}
-    if min_side is not None:
-        source["min_side"] = min_side
-    config["training"] = {"preset": "test", "data_source": source}
-    path.write_text(json.dumps(config))
+from tests.server.conftest import record_trained_sides, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         ("maze-mixed-10", 10, 6, "trm"),
     ):
         write_checkpoint(weights / name, "maze", side * side, arch=arch)
-        _record_training_sides(weights / name, side, min_side)
+        record_trained_sides(weights / name, side, min_side)
     with TestClient(create_app(Settings(weights_dir=weights, threads=1, slots=4))) as client:
         yield client
 
@@ -64,3 +51,9 @@ def test_a_maze_goes_to_a_model_trained_on_its_size(client: TestClient, side: in
     response = client.post("/solve", json={"puzzle": "maze", "grid": maze(side), "max_steps": 1})
     assert response.status_code == 200, response.text
     assert response.json()["model"] == expected
+
+
+def test_models_list_the_maze_sides_each_model_was_trained_on(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["maze-mixed-10"]["trained_sides"] == [6, 10]
+    assert models["maze-8"]["trained_sides"] == [8, 8]

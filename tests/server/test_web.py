@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from model.puzzles import get_codec
-from tests.server.conftest import start_server, write_checkpoint
+from tests.server.conftest import record_trained_sides, start_server, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -67,10 +67,12 @@ def _get(url: str) -> tuple[int, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m server` on a free port, serving a tiny Sudoku model and a tiny 15x15 maze model."""
+    """`python -m server` on a free port, serving a tiny Sudoku model and a tiny 15x15 maze model (recorded as
+    trained on 9x9 to 15x15 mazes)."""
     weights = tmp_path_factory.mktemp("weights")
     write_checkpoint(weights / "sudoku-tiny", "sudoku", 81)
     write_checkpoint(weights / "maze-tiny", "maze", 225)
+    record_trained_sides(weights / "maze-tiny", 15, 9)
     proc = start_server(weights, tmp_path_factory.mktemp("server"), timeout=START_TIMEOUT_S)
     try:
         yield proc.base
@@ -195,6 +197,8 @@ def test_page_streams_a_generated_sudoku_and_renders_every_step(page: Any) -> No
 def test_page_solves_a_maze_with_halting_off_and_a_step_limit(page: Any) -> None:
     page.click("#kind [data-kind='maze']")
     page.wait_for_selector("#model option[value='maze-tiny']", state="attached")
+    page.select_option("#model", "maze-tiny")
+    assert "trained on 9×9 to 15×15 mazes" in page.text_content("#model-note")
     page.select_option("#halt", "never")
     page.fill("#max-steps", "4")
     page.click("#generate")
