@@ -378,9 +378,8 @@ def build(
         source["mean_path_length"],
     )
     sizes = f"{side}x{side}" if len(sides) == 1 else f"{sides[0]}x{sides[0]} to {side}x{side} (padded with walls)"
-    desc = f"generated {sizes} mazes, unique shortest path >= {max(min_path, 2)} steps, loops p={loops}"
-    if len(sides) > 1:
-        desc += " at the full side, scaled by area below"
+    scaled = " at the full side, scaled by area below" if len(sides) > 1 else ""
+    desc = f"generated {sizes} mazes, unique shortest path >= {max(min_path, 2)} steps{scaled}, loops p={loops}"
     splits = {"train": split(test=False), "test": split(test=True)}
     return save_dataset(out_dir, _meta(side, desc, source), splits)
 
