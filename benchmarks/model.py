@@ -3,17 +3,20 @@
     python -m benchmarks.model [--weights-dir weights] [--models NAME ...] [--seconds 3] [--threads N]
                                [--skip-server] [--json benchmarks/results/model.json]
 
-Part 1, the step: for every checkpoint and batch size (1, 8, 64) it times ONE supervision step (`TRM.step`, fp32,
-on CPU) as the server runs it: eager under `torch.inference_mode`, the same step through `torch.compile`, and the
-step exported by `model/export_onnx.py` (the very file the server's ONNX backend loads) in an InferenceSession.
-Each step's output carry is the next step's input, as in serving. Every cell is warmed up first, then gets
-`--seconds` of wall time split into `--repeats` slices; the three backends' slices are interleaved, so a burst of
-background load hits all of them alike, and the median slice's puzzle-steps/s is reported. torch and ONNX Runtime
-get the same number of intra-op threads. A backend that fails (torch.compile needs a C++ compiler on CPU) is
-recorded with its error and shown as n/a.
+Part 1, the step: for every checkpoint and batch size (1, 8, 64) it times ONE supervision step (`TRM.step`, on
+CPU) as the server runs it: eager under `torch.inference_mode`, the same step through `torch.compile`, the step
+exported by `model/export_onnx.py` (the very file the server's ONNX backend loads) in an InferenceSession, and
+eager and compiled again under bf16 autocast (the server's `--dtype bfloat16`; fast only on CPUs with bf16
+instructions such as AVX512-BF16 or AMX, emulated and slow elsewhere). Each step's output carry is the next
+step's input, as in serving. Every cell is warmed up first, then gets `--seconds` of wall time split into
+`--repeats` slices; the backends' slices are interleaved, so a burst of background load hits all of them alike,
+and the median slice's puzzle-steps/s is reported. torch and ONNX Runtime get the same number of intra-op
+threads. A backend that fails (torch.compile needs a C++ compiler on CPU) is recorded with its error and shown
+as n/a.
 
-Part 2, the server: the real `python -m server` with `--backend torch`, then `--backend onnx`, on the Sudoku
-model, driven over HTTP by a closed loop of mixed-difficulty puzzles (the helpers of benchmarks/serve.py).
+Part 2, the server: the real `python -m server` with `--backend torch`, the same with `--dtype bfloat16`, then
+`--backend onnx`, on the Sudoku model, driven over HTTP by a closed loop of mixed-difficulty puzzles (the helpers
+of benchmarks/serve.py).
 """
 
 from __future__ import annotations
@@ -44,21 +47,24 @@ from server.registry import find_checkpoints
 
 log = logging.getLogger("benchmarks.model")
 
-BACKENDS = ("eager", "compile", "onnx")
+BACKENDS = ("eager", "compile", "onnx", "eager-bf16", "compile-bf16")
 WARMUP_STEPS = 3  # the first calls pay for lazy allocation (and, under torch.compile, for compiling)
 
 Step = Callable[[], None]
 """One supervision step that feeds its output carry into the next call."""
 
 
-def torch_step(step_fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> Step:
-    """`step_fn` is `model.step` or its compiled version; the carry lives in the closure."""
+def torch_step(step_fn: Callable[..., Any], inputs: Sequence[torch.Tensor], bf16: bool = False) -> Step:
+    """`step_fn` is `model.step` or its compiled version; the carry lives in the closure.
+
+    With `bf16` the step runs under bf16 autocast as the server's `--dtype bfloat16` runs it (the carry stays fp32).
+    """
     tokens, vectors, y, z = inputs
     carry = Carry(y, z)
 
     def step() -> None:
         nonlocal carry
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             carry = step_fn(carry, tokens, puzzle_vectors=vectors).carry
 
     return step
@@ -107,10 +113,16 @@ def build_steps(
     # per cell keeps each cell's graphs out of the others' cache: dynamo caches per code object, so every model's
     # `step` shares one recompile limit, past which it would silently run eager.
     torch.compiler.reset()
+
+    def compiled() -> Callable[..., Any]:
+        return torch.compile(model.step, dynamic=False, backend=compile_backend)
+
     makers: dict[str, Callable[[], Step]] = {
         "eager": lambda: torch_step(model.step, inputs),
-        "compile": lambda: torch_step(torch.compile(model.step, dynamic=False, backend=compile_backend), inputs),
+        "compile": lambda: torch_step(compiled(), inputs),
         "onnx": lambda: onnx_step(session, inputs),
+        "eager-bf16": lambda: torch_step(model.step, inputs, bf16=True),
+        "compile-bf16": lambda: torch_step(compiled(), inputs, bf16=True),
     }
     steps: dict[str, Step] = {}
     cells: dict[str, dict[str, Any]] = {}
@@ -261,7 +273,7 @@ def measure_server(
     seconds: float,
     threads: int,
     slots: int,
-    backends: Sequence[str] = ("torch", "onnx"),
+    backends: Sequence[str] = ("torch", "torch-bf16", "onnx"),
 ) -> dict[str, Any]:
     """Part 2: the real server per backend under a closed loop of `concurrency` Sudoku clients."""
     puzzles = mixed_sudoku(512, seed=777)
@@ -274,7 +286,9 @@ def measure_server(
     }
     for backend in backends:
         try:
-            proc, url = start_server(str(weights_dir), model, "continuous", threads, slots, backend=backend)
+            engine, _, precision = backend.partition("-")  # "torch-bf16": the torch backend with --dtype bfloat16
+            dtype = {"bf16": "bfloat16"}.get(precision)
+            proc, url = start_server(str(weights_dir), model, "continuous", threads, slots, backend=engine, dtype=dtype)
         except RuntimeError as exc:
             result["backends"][backend] = {"error": error_text(exc)}
             continue
@@ -303,8 +317,8 @@ def format_tables(results: dict[str, Any]) -> str:
         f"one supervision step, puzzle-steps/s (median of {results['repeats']} x "
         f"{results['seconds_per_cell'] / results['repeats']:.2f} s), {results['device']} {results['cpu']}, "
         f"{results['threads']} threads, torch {results['torch']}, onnxruntime {results['onnxruntime']}",
-        "| model | batch | eager | compile | onnx | best/eager |",
-        "|---|---|---|---|---|---|",
+        f"| model | batch | {' | '.join(BACKENDS)} | best/eager |",
+        "|---|---|" + "---|" * len(BACKENDS) + "---|",
     ]
     for name, model in results["models"].items():
         for batch, cells in model["batches"].items():

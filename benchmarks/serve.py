@@ -122,9 +122,15 @@ async def open_loop(url: str, puzzles: list[str], rate: float, duration: float, 
 
 
 def start_server(
-    weights_dir: str, model: str, policy: str, threads: int, slots: int, backend: str | None = None
+    weights_dir: str,
+    model: str,
+    policy: str,
+    threads: int,
+    slots: int,
+    backend: str | None = None,
+    dtype: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m server` on a free port and wait until it is ready; `backend` None keeps the server's."""
+    """Start `python -m server` on a free port and wait until it is ready; `backend`/`dtype` None keep the server's."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -151,6 +157,8 @@ def start_server(
     ]
     if backend is not None:
         cmd += ["--backend", backend]
+    if dtype is not None:
+        cmd += ["--dtype", dtype]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -121,10 +121,11 @@ class TorchEngine(Engine):
         self.model = model.to(device).eval()
         if compile_model:
             self.model.compile_networks(dynamic=False)  # type: ignore[operator]
+        # The carry stays fp32 under bf16 autocast, as in training (the step returns it in fp32): rounding y and z
+        # to bf16 between steps would feed the network states it never saw, for a saving of a few MB.
         carry = self.model.initial_carry(slots, device)  # type: ignore[operator]
-        self.y: Tensor = carry.y.to(dtype)
-        self.z: Tensor = carry.z.to(dtype)
-        carry = Carry(self.y, self.z)
+        self.y: Tensor = carry.y
+        self.z: Tensor = carry.z
         self.inputs = torch.zeros(slots, config.seq_len, dtype=torch.long, device=device)
         self.vectors = torch.zeros(slots, config.hidden_size, dtype=torch.float32, device=device)
         self.y_init: Tensor = carry.y[0, 0].clone()
@@ -147,8 +148,8 @@ class TorchEngine(Engine):
         with autocast:
             out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])  # type: ignore[operator]
         real = idx[:k]
-        self.y[real] = out.carry.y[:k].to(self.dtype)
-        self.z[real] = out.carry.z[:k].to(self.dtype)
+        self.y[real] = out.carry.y[:k].float()
+        self.z[real] = out.carry.z[:k].float()
         logits = out.logits[:k]
         q_halt = self.model.halting_logit(out.q_halt[:k], out.q_continue[:k]).float()  # type: ignore[operator]
         finite = torch.isfinite(logits).flatten(1).all(dim=1) & torch.isfinite(q_halt)

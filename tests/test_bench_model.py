@@ -44,7 +44,7 @@ def test_every_backend_cell_is_measured_and_written(tmp_path: Path, monkeypatch:
     for cells in model["batches"].values():
         assert set(cells) == set(BACKENDS)
         for backend, cell in cells.items():
-            if backend == "compile" and "error" in cell:
+            if backend.startswith("compile") and "error" in cell:
                 continue  # a compile failure is a recorded result, not a crash
             assert cell["puzzle_steps_per_s"] > 0, (backend, cell)
             assert cell["calls"] >= 2

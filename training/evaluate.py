@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="compute precision: bf16 autocast or fp32 (auto: bf16 with CUDA, fp32 on a CPU, as the server)",
+    )
+    parser.add_argument(
         "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
     )
     add_arc_arguments(parser)
@@ -188,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         else ("cpu" if args.device == "auto" else args.device)
     )
     ckpt = load_checkpoint(args.weights)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
+    )
     if args.arc_mode:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
@@ -197,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_model(
         model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True, threshold=threshold
     )
-    summary = {"weights": str(Path(args.weights)), "data": args.data, **headline(result, args.halt)}
+    precision = str(dtype).removeprefix("torch.")
+    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **headline(result, args.halt)}
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)
     sys.stdout.write(json.dumps(summary) + "\n")

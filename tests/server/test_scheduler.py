@@ -153,6 +153,26 @@ def test_halt_never_runs_max_steps_and_matches_calling_the_model_directly() -> N
     torch.testing.assert_close(sched.engine.z[1], carry.z[0])
 
 
+def test_bf16_engine_keeps_an_fp32_carry_and_steps_as_bf16_training_does() -> None:
+    model, config = tiny_model("sudoku", 81, seed=2)
+    engine = TorchEngine(model, config, 2, torch.device("cpu"), torch.bfloat16)
+    job = make_job(engine, seed=5)
+    engine.load(1, job.tokens, job.vector)
+    inputs = torch.as_tensor(job.tokens)[None]
+    vector = torch.as_tensor(job.vector)[None]
+    carry: Carry = model.initial_carry(1)  # type: ignore[operator]
+    for _ in range(4):
+        result = engine.step([1])
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.step(carry, inputs, puzzle_vectors=vector)  # type: ignore[operator]
+        carry = out.carry
+        assert engine.y.dtype == engine.z.dtype == torch.float32
+        torch.testing.assert_close(engine.y[1], carry.y[0], rtol=0, atol=0)
+        torch.testing.assert_close(engine.z[1], carry.z[0], rtol=0, atol=0)
+        np.testing.assert_array_equal(result.tokens[0], out.logits.argmax(-1)[0].numpy())
+    assert engine.provider == "cpu/bfloat16"
+
+
 def test_full_queue_raises_and_accepts_again_after_ticks_drain_it() -> None:
     sched, _ = scheduler(slots=1, capacity=2)
     jobs = [make_job(sched.engine, seed=i, max_steps=2) for i in range(5)]

@@ -164,6 +164,21 @@ def test_cli_prints_a_final_json_line_and_records_metrics(
     assert summary["mean_steps"] == result["mean_steps"]
     recorded = json.loads((weights / "metrics.json").read_text())
     assert recorded["gen4"]["exact_accuracy"] == summary["exact_accuracy"]
+    assert summary["dtype"] == "float32"  # a CPU computes in fp32 unless asked
+
+
+def test_cli_dtype_bfloat16_runs_the_steps_under_bf16_autocast(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:20:6:10", "--device", "cpu", "--halt", "never"]
+    assert evaluate.main([*argv, "--dtype", "bfloat16"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["dtype"] == "bfloat16"
+    ckpt = load_checkpoint(weights)
+    data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
+    result = evaluate_model(ckpt.model, data, dtype=torch.bfloat16)
+    assert summary["cell_accuracy"] == result["cell_accuracy"]
 
 
 def test_cli_as_a_module_prints_json_with_the_headline_figures(weights: Path, tmp_path: Path) -> None:
