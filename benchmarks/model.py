@@ -287,7 +287,7 @@ def measure_server(
     for backend in backends:
         try:
             engine, _, precision = backend.partition("-")  # "torch-bf16": the torch backend with --dtype bfloat16
-            dtype = {"bf16": "bfloat16"}.get(precision)
+            dtype = "bfloat16" if precision == "bf16" else "float32"  # not `auto`, which is bf16 on some CPUs
             proc, url = start_server(str(weights_dir), model, "continuous", threads, slots, backend=engine, dtype=dtype)
         except RuntimeError as exc:
             result["backends"][backend] = {"error": error_text(exc)}

@@ -12,6 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,6 +94,38 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available")
     return device
+
+
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""/proc/cpuinfo flags of bf16 arithmetic in hardware: AVX512-BF16 and AMX on x86, the BF16 extension on Arm."""
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU does bf16 arithmetic in hardware; without it bf16 autocast is emulated, and slower than fp32."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux: stay with fp32
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and NATIVE_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def resolve_dtype(setting: str, device: torch.device, cpuinfo: Path = CPUINFO) -> torch.dtype:
+    """`auto` computes in bf16 on a GPU and on a CPU with native bf16, else in fp32.
+
+    On this project's CPU (AVX512-BF16) bf16 ran the shipped Sudoku and maze steps 1.5-2x faster than fp32 with
+    the same held-out accuracy (README, "Serving precision"); the carry between steps stays fp32 either way.
+    """
+    if setting == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16(cpuinfo))
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
 def configure_cpu_threads(threads: int) -> int:

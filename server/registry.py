@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from model.checkpoint import (
     CONFIG_FILE,
     Checkpoint,
@@ -28,7 +26,7 @@ from model.config import TRMConfig
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
 from model.trm import count_trainable_parameters
-from server.engine import Engine, TorchEngine, configure_cpu_threads, resolve_device
+from server.engine import Engine, TorchEngine, configure_cpu_threads, resolve_device, resolve_dtype
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,9 +91,7 @@ def build_engine(ckpt: Checkpoint, settings: Settings) -> Engine:
 
         engine: Engine = OnnxEngine.from_checkpoint(ckpt, settings.slots, device, settings.threads)
         return engine
-    dtype = torch.float32
-    if settings.dtype == "bfloat16" or (settings.dtype == "auto" and device.type == "cuda"):
-        dtype = torch.bfloat16
+    dtype = resolve_dtype(settings.dtype, device)
     return TorchEngine(ckpt.model, ckpt.config, settings.slots, device, dtype, settings.compile)
 
 

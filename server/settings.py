@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto = bf16 autocast on GPU, fp32 on CPU."""
+    """Compute precision of the torch backend: auto = bf16 autocast on a GPU and on a CPU with bf16 in hardware
+    (AVX512-BF16, AMX, Arm BF16), else fp32. The ONNX backend always computes in fp32."""
     backend: Literal["auto", "torch", "onnx"] = "auto"
     """Engine that runs the steps; auto picks per device the one measured fastest (see the README)."""
     compile: bool = False

@@ -14,7 +14,10 @@ PUZZLES.append({"puzzle": "maze", "grid": MAZE_10})
 
 
 def _answers(weights, backend: str, tmp_path) -> tuple[list[dict], dict]:
-    settings = Settings(weights_dir=weights, backend=backend, threads=1, models=["sudoku-tiny", "maze-tiny"])
+    # fp32 both: `auto` computes torch in bf16 on a CPU with bf16 in hardware, and ONNX Runtime always in fp32.
+    settings = Settings(
+        weights_dir=weights, backend=backend, dtype="float32", threads=1, models=["sudoku-tiny", "maze-tiny"]
+    )
     with TestClient(create_app(settings)) as client:
         out = []
         for body in PUZZLES:
@@ -45,3 +48,4 @@ def test_models_endpoint_names_backend_and_provider(both):
     assert {m["backend"] for m in torch_models.values()} == {"torch"}
     assert {m["backend"] for m in onnx_models.values()} == {"onnx"}
     assert {m["provider"] for m in onnx_models.values()} == {"CPUExecutionProvider"}
+    assert {m["provider"] for m in torch_models.values()} == {"cpu"}
