@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         required=True,
         help="a built dataset dir, a CSV file (Sudoku-Extreme / Maze-Hard format), or a generator spec "
-        "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED]",
+        "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]",
     )
     parser.add_argument("--halt", choices=["adaptive", "never"], default="adaptive")
     parser.add_argument(

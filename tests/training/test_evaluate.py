@@ -206,3 +206,33 @@ def test_cli_as_a_module_prints_json_with_the_headline_figures(weights: Path, tm
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"exact_accuracy", "cell_accuracy", "mean_steps"} <= set(summary)
     assert summary["halt"] == "never" and summary["mean_steps"] == 4 and summary["puzzles"] == 20
+
+
+def _open_graph_edges_minus_nodes(questions: np.ndarray) -> np.ndarray:
+    """Per maze: 4-neighbour links between non-wall squares minus the number of such squares (-1 for a tree)."""
+    from model.puzzles.maze import WALL
+
+    open_ = questions != WALL
+    links = (open_[:, 1:, :] & open_[:, :-1, :]).sum((1, 2)) + (open_[:, :, 1:] & open_[:, :, :-1]).sum((1, 2))
+    return links - open_.sum((1, 2))
+
+
+def test_generated_maze_spec_takes_the_share_of_opened_walls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = tiny_config(family="maze", vocab_size=6, seq_len=81)
+    perfect = load_eval_data("generate:maze:40:9:6:7:0", config)
+    default = load_eval_data("generate:maze:40:9:6:7", config)
+    q_perfect = np.asarray(perfect.inputs).reshape(-1, 9, 9)
+    q_default = np.asarray(default.inputs).reshape(-1, 9, 9)
+    assert (_open_graph_edges_minus_nodes(q_perfect) == -1).all()  # loops 0: every maze is a tree, one route
+    assert (_open_graph_edges_minus_nodes(q_default) >= 0).mean() > 0.5  # the training default opens loops
+    assert np.array_equal(np.asarray(load_eval_data("generate:maze:40:9:6:7:0.1", config).inputs), default.inputs)
+
+
+@pytest.mark.parametrize(
+    "spec", ["generate:maze:40:9", "generate:maze:40:9:6:7:0:1", "generate:sudoku:10:30:40:1:0", "generate:maze:x:9:6"]
+)
+def test_malformed_generate_specs_say_what_is_expected(spec: str) -> None:
+    config = tiny_config(family="maze", vocab_size=6, seq_len=81)
+    with pytest.raises(ValueError, match="generate:"):
+        load_eval_data(spec, config)

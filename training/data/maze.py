@@ -25,6 +25,7 @@ from training.data.dataset import DatasetMeta, PuzzleSet, read_csv_rows, save_da
 log = logging.getLogger(__name__)
 
 
+DEFAULT_LOOPS = 0.1  # share of the inner walls opened, so that S and G may be joined by more than one route
 CHUNK = 128  # mazes per generator task; fixed so output depends on the seed only, never on the worker count
 
 
@@ -143,7 +144,7 @@ def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels,
 def generate(
     n: int,
     side: int = 30,
-    loops: float = 0.1,
+    loops: float = DEFAULT_LOOPS,
     min_path: int = 0,
     far: float = 0.75,
     seed: int = 0,
@@ -322,7 +323,7 @@ def build(
     n_train: int,
     n_test: int,
     side: int = 30,
-    loops: float = 0.1,
+    loops: float = DEFAULT_LOOPS,
     min_path: int = 0,
     far: float = 0.75,
     seed: int = 0,

@@ -134,18 +134,28 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     """Held-out puzzles for `training.evaluate`.
 
     `spec` is a built dataset directory (its test split), a CSV file in the public Sudoku-Extreme / Maze-Hard
-    format, or `generate:sudoku:N:GMIN:GMAX[:SEED]` / `generate:maze:N:SIDE:MINPATH[:SEED]`.
+    format, or `generate:sudoku:N:GMIN:GMAX[:SEED]` / `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
+    share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G).
     """
     if spec.startswith("generate:"):
-        parts = spec.split(":")
-        kind, nums = parts[1], [int(x) for x in parts[2:]]
+        kind, fields = spec.split(":")[1], spec.split(":")[2:]
+        try:
+            nums = [int(x) for x in fields[:4]]
+            loops = float(fields[4]) if kind == "maze" and len(fields) > 4 else maze.DEFAULT_LOOPS
+        except ValueError:
+            raise ValueError(f"evaluation data {spec!r}: the generate: fields must be numbers") from None
+        if len(nums) < 3 or len(fields) > (5 if kind == "maze" else 4):
+            raise ValueError(
+                f"evaluation data {spec!r}: expected generate:sudoku:N:GMIN:GMAX[:SEED] or "
+                "generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]"
+            )
         tmp = Path(tempfile.mkdtemp(prefix="trm-eval-"))
         seed = nums[3] if len(nums) > 3 else 12345
         if kind == "sudoku":
             side = int(config.seq_len**0.5)
             sudoku.build(tmp, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
         elif kind == "maze":
-            maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed)
+            maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed, loops=loops)
             return pad_mazes(load_split(tmp, "test", mmap=False), nums[1], config.grid_side)
         else:
             raise ValueError(f"cannot generate {kind!r} puzzles (sudoku or maze)")
