@@ -138,7 +138,7 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G).
     """
     if spec.startswith("generate:"):
-        kind, fields = spec.split(":")[1], spec.split(":")[2:]
+        _, kind, *fields = spec.split(":")
         try:
             nums = [int(x) for x in fields[:4]]
             loops = float(fields[4]) if kind == "maze" and len(fields) > 4 else maze.DEFAULT_LOOPS
