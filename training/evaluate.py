@@ -30,6 +30,13 @@ from training.data.dataset import PuzzleSet
 log = logging.getLogger(__name__)
 
 
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`train.dtype` / `--dtype`: auto is bf16 autocast with CUDA and fp32 on a CPU, where bf16 is opt-in."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast where asked for; fp32 runs without any autocast context."""
     if dtype == torch.float32:
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype",
         choices=["auto", "float32", "bfloat16"],
         default="auto",
-        help="compute precision: bf16 autocast or fp32 (auto: bf16 with CUDA, fp32 on a CPU, as the server)",
+        help="compute precision: bf16 autocast or fp32 (auto: bf16 with CUDA, fp32 on a CPU, as in training)",
     )
     parser.add_argument(
         "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
@@ -194,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         else ("cpu" if args.device == "auto" else args.device)
     )
     ckpt = load_checkpoint(args.weights)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
-    )
+    dtype = compute_dtype(args.dtype, device)
     if args.arc_mode:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)

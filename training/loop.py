@@ -28,7 +28,7 @@ from model.factory import build_model
 from model.trm import Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
-from training.evaluate import autocast, evaluate_model
+from training.evaluate import autocast, compute_dtype, evaluate_model
 from training.losses import act_loss, q_continue_target
 from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
 from training.sampler import Augment, BatchStream
@@ -121,11 +121,7 @@ class Trainer:
         self.test_data = test_data
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.world))
-        self.dtype = {
-            "auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
-            "float32": torch.float32,
-            "bfloat16": torch.bfloat16,
-        }[self.cfg.dtype]
+        self.dtype = compute_dtype(self.cfg.dtype, self.device)
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.config).to(self.device)
