@@ -6,6 +6,11 @@ One pass runs every puzzle for `halt_max_steps` steps and records, per puzzle, t
 whose halting probability reaches the threshold (adaptive; the checkpoint's calibrated one from
 `training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures come from the
 same computation. The last line of stdout is JSON.
+
+`--views K` also runs each Sudoku or maze under the first K of the square's 8 symmetries (a rotated or mirrored
+puzzle is still a puzzle of the same kind, and training saw all 8), maps every answer back and takes the one most
+views agree on, ties broken by the mean halting probability: the reference's ARC voting applied to one puzzle.
+It costs K times the steps.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.puzzles.augment import vote
+from model.puzzles.dihedral import DIHEDRAL_INVERSE, NUM_DIHEDRAL, dihedral_rows
 from training.data.dataset import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -135,6 +142,76 @@ def evaluate_model(
     return result
 
 
+def vote_views(answers: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per puzzle, the answer most views gave, ties broken by mean halting probability.
+
+    `answers` [V, N, L] are already mapped back to the puzzle's own orientation, `probs` [V, N] their sigmoid(q_halt).
+    """
+    views, n, length = answers.shape
+    voted = np.empty((n, length), dtype=answers.dtype)
+    for i in range(n):
+        voted[i] = vote([(answers[v, i], float(probs[v, i])) for v in range(views)])[0]
+    return voted
+
+
+def evaluate_views(
+    model: nn.Module,
+    data: PuzzleSet,
+    views: int,
+    halt: str = "adaptive",
+    limit: int = 0,
+    keep_predictions: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate under the first `views` dihedral symmetries and vote (see the module docstring).
+
+    Returns the voted figures, the per-view exact accuracies and the plain (identity view) result under
+    "single_view"; `mean_steps` counts the steps of all views, which is what the answer costs.
+    """
+    if not 1 <= views <= NUM_DIHEDRAL:
+        raise ValueError(f"views must be 1..{NUM_DIHEDRAL}, got {views}")
+    n = min(len(data), limit) if limit else len(data)
+    data = data.subset(np.arange(n))
+    inputs, labels = np.asarray(data.inputs), np.asarray(data.labels)
+    key = ("adaptive_predictions", "adaptive_q") if halt == "adaptive" else ("predictions", "q")
+    answers, probs, per_view, steps = [], [], [], 0.0
+    single: dict[str, Any] = {}
+    for tid in range(views):
+        turned = PuzzleSet(
+            dihedral_rows(inputs, np.full(n, tid)),
+            dihedral_rows(labels, np.full(n, tid)),
+            data.puzzle_ids,
+            data.groups,
+            data.extras,
+        )
+        result = evaluate_model(model, turned, keep_predictions=True, **kwargs)
+        answers.append(dihedral_rows(result[key[0]], np.full(n, DIHEDRAL_INVERSE[tid])))
+        probs.append(result[key[1]])
+        per_view.append(result["adaptive_exact_accuracy"] if halt == "adaptive" else result["exact_accuracy"])
+        steps += result["mean_steps"] if halt == "adaptive" else result["max_steps"]
+        single = single or headline(result, halt)
+    voted = vote_views(np.stack(answers), np.stack(probs))
+    valid = labels != 0
+    right = ((voted == labels) & valid).sum(-1)
+    exact = right == valid.sum(-1)
+    out: dict[str, Any] = {
+        "halt": halt,
+        "views": views,
+        "exact_accuracy": float(exact.mean()) if n else 0.0,
+        "cell_accuracy": float(right.sum() / max(1, valid.sum())),
+        "mean_steps": steps,
+        "exact_by_view": per_view,
+        "single_view": {k: v for k, v in single.items() if k not in ("puzzles", "seconds")},
+        "puzzles": n,
+    }
+    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
+    if len(np.unique(sides)) > 1:
+        out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
+    if keep_predictions:
+        out["predictions"] = voted
+    return out
+
+
 def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
     """The summary line: `exact_accuracy` etc. refer to the chosen halting mode, the other mode alongside."""
     never = {"exact_accuracy": result["exact_accuracy"], "cell_accuracy": result["cell_accuracy"]}
@@ -189,10 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         help="compute precision: bf16 autocast or fp32 (auto: bf16 with CUDA, fp32 on a CPU, as in training)",
     )
     parser.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="Sudoku and mazes: vote over the first K (1..8) symmetries of the square; costs K times the steps",
+    )
+    parser.add_argument(
         "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
     )
     add_arc_arguments(parser)
     args = parser.parse_args(argv)
+    if not 1 <= args.views <= NUM_DIHEDRAL:
+        parser.error(f"--views must be 1..{NUM_DIHEDRAL}, got {args.views}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     device = torch.device(
@@ -202,16 +287,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ckpt = load_checkpoint(args.weights)
     dtype = compute_dtype(args.dtype, device)
+    if args.views != 1 and ckpt.config.family not in ("sudoku", "maze"):
+        parser.error(f"--views votes over symmetries of Sudoku and maze grids, not {ckpt.config.family} puzzles")
     if args.arc_mode:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
     threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights))
-    result = evaluate_model(
-        model, data, args.batch_size, device, dtype=dtype, limit=args.limit, progress=True, threshold=threshold
-    )
+    common = {"batch_size": args.batch_size, "device": device, "dtype": dtype, "limit": args.limit}
+    start = time.perf_counter()
+    if args.views == 1:
+        figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)
+    else:
+        figures = evaluate_views(model, data, args.views, args.halt, threshold=threshold, progress=True, **common)
+        figures["seconds"] = round(time.perf_counter() - start, 2)
     precision = str(dtype).removeprefix("torch.")
-    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **headline(result, args.halt)}
+    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **figures}
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)
     sys.stdout.write(json.dumps(summary) + "\n")

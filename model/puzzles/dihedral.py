@@ -8,6 +8,8 @@ on the last two axes, so one call transforms a single grid [H, W] or a batch [..
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NUM_DIHEDRAL = 8
@@ -44,3 +46,18 @@ def inverse_dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
     """Undo `dihedral(grid, tid)`: maps a prediction on an augmented grid back to the original orientation."""
     _check(grid, tid)
     return dihedral(grid, DIHEDRAL_INVERSE[tid])
+
+
+def dihedral_rows(tokens: np.ndarray, tids: np.ndarray) -> np.ndarray:
+    """Apply symmetry tids[i] to row i of a batch of flattened square grids [B, N*N] (returns a new array)."""
+    b, length = tokens.shape
+    side = math.isqrt(length)
+    if side * side != length:
+        raise ValueError(f"rows of {length} tokens are not square grids")
+    grids = np.asarray(tokens).reshape(b, side, side)
+    out = np.empty_like(grids)
+    for tid in range(NUM_DIHEDRAL):  # 8 vectorised calls, one per symmetry, instead of B small ones
+        rows = np.flatnonzero(tids == tid)
+        if len(rows):
+            out[rows] = dihedral(grids[rows], tid)
+    return out.reshape(b, length)

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.puzzles.dihedral import dihedral, inverse_dihedral
 from model.trm import TRM
 from tests.conftest import tiny_config
 from training import evaluate
 from training.data.dataset import PuzzleSet
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_model
+from training.evaluate import evaluate_model, evaluate_views, vote_views
 
 REPO = Path(__file__).resolve().parents[2]
 N = 6
@@ -137,6 +138,57 @@ def test_adaptive_mean_steps_is_the_mean_first_halting_step() -> None:
     assert np.array_equal(result["adaptive_predictions"], expected)
 
 
+def test_vote_views_takes_the_answer_most_views_gave_and_breaks_ties_by_halting_probability() -> None:
+    a, b, c = np.array([1, 2]), np.array([3, 4]), np.array([5, 6])
+    answers = np.stack(
+        [
+            np.stack([a, a, b]),  # view 0, puzzles 0..2
+            np.stack([b, c, c]),
+            np.stack([a, c, b]),
+        ]
+    )
+    probs = np.array([[0.1, 0.9, 0.2], [0.9, 0.1, 0.9], [0.1, 0.2, 0.3]])
+    voted = vote_views(answers, probs)
+    # puzzle 0: a twice beats b once, though b is the most confident; puzzle 1: one vote each for a and c twice;
+    # puzzle 2: b twice (views 0, 2) beats c once.
+    assert np.array_equal(voted, np.stack([a, c, b]))
+    tie = vote_views(np.stack([np.stack([a]), np.stack([b])]), np.array([[0.4], [0.6]]))
+    assert np.array_equal(tie[0], b)  # one vote each: the more confident answer
+
+
+def answer_under(model: TRM, inputs: np.ndarray, tid: int) -> np.ndarray:
+    """What the model answers for each puzzle turned by symmetry `tid`, turned back (the last step's answer)."""
+    side = int(np.sqrt(inputs.shape[1]))
+    turned = np.stack([dihedral(g.reshape(side, side), tid).reshape(-1) for g in inputs])
+    final = manual_steps(model, np.ascontiguousarray(turned))[0][-1]
+    return np.stack([inverse_dihedral(g.reshape(side, side), tid).reshape(-1) for g in final])
+
+
+def test_evaluate_views_turns_each_puzzle_maps_answers_back_and_votes() -> None:
+    model = tiny_model()  # never confident: every view answers after its last step, all with the same probability
+    inputs = inputs_for(8)
+    back = [answer_under(model, inputs, tid) for tid in range(8)]
+    assert any(not np.array_equal(back[0], back[t]) for t in range(1, 8))  # the views do disagree
+    labels = back[3].copy()  # the truth is what view 3 answers, seen in the puzzle's own orientation
+
+    result = evaluate_views(model, puzzle_set(inputs, labels), 8, keep_predictions=True, batch_size=3)
+
+    assert result["views"] == 8 and result["puzzles"] == 8
+    assert result["exact_by_view"][3] == 1.0
+    assert result["mean_steps"] == 8 * model.config.halt_max_steps
+    expected = []
+    for i in range(8):
+        rows = [back[t][i].tobytes() for t in range(8)]
+        counts = {r: rows.count(r) for r in rows}
+        expected.append(back[rows.index(max(counts, key=lambda r: (counts[r], -rows.index(r))))][i])
+    assert np.array_equal(result["predictions"], np.stack(expected))
+    right = (np.stack(expected) == labels).all(1)
+    assert result["exact_accuracy"] == pytest.approx(right.mean())
+    plain = evaluate_model(model, puzzle_set(inputs, labels))
+    assert result["single_view"]["exact_accuracy"] == plain["adaptive_exact_accuracy"]
+    assert result["exact_by_view"][0] == plain["adaptive_exact_accuracy"]
+
+
 @pytest.fixture
 def weights(tmp_path: Path) -> Path:
     model = tiny_model()
@@ -179,6 +231,21 @@ def test_cli_dtype_bfloat16_runs_the_steps_under_bf16_autocast(
     data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
     result = evaluate_model(ckpt.model, data, dtype=torch.bfloat16)
     assert summary["cell_accuracy"] == result["cell_accuracy"]
+
+
+def test_cli_views_votes_and_rejects_counts_outside_the_eight_symmetries(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10", "--device", "cpu"]
+    assert evaluate.main([*argv, "--views", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["views"] == 4 and len(summary["exact_by_view"]) == 4 and summary["puzzles"] == 12
+    assert summary["single_view"]["exact_accuracy"] == summary["exact_by_view"][0]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([*argv, "--views", "9"])
+    assert exit_info.value.code == 2
+    assert "--views must be 1..8" in capsys.readouterr().err
 
 
 def test_cli_as_a_module_prints_json_with_the_headline_figures(weights: Path, tmp_path: Path) -> None:

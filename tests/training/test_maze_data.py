@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.puzzles.dihedral import DIHEDRAL_INVERSE, dihedral
+from model.puzzles.dihedral import DIHEDRAL_INVERSE, dihedral, dihedral_rows
 from model.puzzles.maze import (
     GOAL,
     OPEN,
@@ -95,13 +95,13 @@ def test_dihedral_augmentation_keeps_answers_valid_and_inverts_exactly(
         for q, a in zip(aug_in.reshape(-1, 15, 15), aug_lab.reshape(-1, 15, 15), strict=True)
     )
     tids = np.arange(40) % 8
-    there = maze.dihedral_batch(inputs, tids)
-    back = maze.dihedral_batch(there, np.array(DIHEDRAL_INVERSE)[tids])
+    there = dihedral_rows(inputs, tids)
+    back = dihedral_rows(there, np.array(DIHEDRAL_INVERSE)[tids])
     assert (back == inputs).all()
-    eight = maze.dihedral_batch(np.repeat(inputs[:1], 8, axis=0), np.arange(8))
+    eight = dihedral_rows(np.repeat(inputs[:1], 8, axis=0), np.arange(8))
     assert len({row.tobytes() for row in eight}) == 8  # an asymmetric maze has 8 distinct images
     assert all((eight[t].reshape(15, 15) == dihedral(questions[0], t)).all() for t in range(8))
-    assert (maze.dihedral_batch(inputs, np.full(40, 6)).reshape(-1, 15, 15) == questions.transpose(0, 2, 1)).all()
+    assert (dihedral_rows(inputs, np.full(40, 6)).reshape(-1, 15, 15) == questions.transpose(0, 2, 1)).all()
 
 
 def test_csv_round_trip(tmp_path: Path, mazes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral
+from model.puzzles.dihedral import NUM_DIHEDRAL, dihedral_rows
 from model.puzzles.maze import CHARS, GOAL, OPEN, PATH, START, WALL
 from training.data.compiled import fork_context, njit
 from training.data.dataset import DatasetMeta, PuzzleSet, read_csv_rows, save_dataset, write_csv_rows
@@ -190,23 +190,10 @@ def _run_chunk(args: tuple[int, int, int, float, int, float, int]) -> tuple[np.n
     return questions, labels, lengths
 
 
-def dihedral_batch(tokens: np.ndarray, tids: np.ndarray) -> np.ndarray:
-    """Apply symmetry tids[i] to row i of a token batch [B, N*N] (returns a new [B, N*N] array)."""
-    b, length = tokens.shape
-    side = math.isqrt(length)
-    grids = np.asarray(tokens).reshape(b, side, side)
-    out = np.empty_like(grids)
-    for tid in range(NUM_DIHEDRAL):  # 8 vectorised calls, one per symmetry, instead of B small ones
-        rows = np.flatnonzero(tids == tid)
-        if len(rows):
-            out[rows] = dihedral(grids[rows], tid)
-    return out.reshape(b, length)
-
-
 def augment_batch(inputs: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One random symmetry of the square per row, the same for input and label (a path stays a shortest path)."""
     tids = rng.integers(0, NUM_DIHEDRAL, size=len(inputs))
-    return dihedral_batch(inputs, tids), dihedral_batch(labels, tids)
+    return dihedral_rows(inputs, tids), dihedral_rows(labels, tids)
 
 
 def read_csv(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
