@@ -30,6 +30,14 @@ class SolveRequest(BaseModel):
         None, ge=1, strict=True, description="supervision steps at most (default: the model's)"
     )
     halt: Literal["adaptive", "never"] = "adaptive"
+    views: int = Field(
+        1,
+        ge=1,
+        le=8,
+        strict=True,
+        description="Sudoku and maze: also solve the puzzle turned by the first K symmetries of the square and "
+        "answer what most of them agree on (K times the compute; the steps shown are the unturned puzzle's)",
+    )
     return_steps: bool = Field(False, strict=True)
     stream: bool = Field(False, strict=True)
 
@@ -75,6 +83,15 @@ class SolveResponse(BaseModel):
     verified: bool | None
     timing: Timing
     steps: list[StepState] | None = None
+    votes: int | None = Field(None, description="with views > 1: how many of the views gave this answer")
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_votes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """votes appears only where views were asked for, so other answers keep their fields."""
+        data: dict[str, Any] = handler(self)
+        if data.get("votes") is None:
+            data.pop("votes", None)
+        return data
 
 
 class ErrorBody(BaseModel):

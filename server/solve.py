@@ -17,7 +17,9 @@ import numpy as np
 
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
 from model.puzzles.arc import ArcTask, decode_grid
+from model.puzzles.augment import vote
 from model.puzzles.base import PuzzleError
+from model.puzzles.dihedral import DIHEDRAL_INVERSE, dihedral_rows
 from server.arc import ArcModel, ArcPlan, UnknownTask
 from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
@@ -46,7 +48,7 @@ class ApiError(Exception):
 
 @dataclass
 class Prepared:
-    """A request turned into jobs (one per puzzle; ARC has one per (test input, variant))."""
+    """A request turned into jobs (one per puzzle, or per view with `views`; ARC has one per (test input, variant))."""
 
     request: SolveRequest
     entry: ModelEntry
@@ -112,16 +114,23 @@ class Solver:
             raise ApiError(422, "invalid_puzzle", exc.message, field_name) from exc
 
         if req.puzzle == "arc":
+            if req.views != 1:
+                message = "views applies to sudoku and maze; an ARC task is voted over its own variants"
+                raise ApiError(422, "invalid_request", message, "views")
             return self._prepare_arc(req, entry, puzzle, arrived)
-        job = Job(
-            tokens=np.asarray(entry.codec.encode(puzzle), dtype=np.int64),
-            vector=entry.engine.vector_for(0),
-            max_steps=max_steps,
-            halt=req.halt,
-            record_steps=req.return_steps or req.stream,
-            deadline=deadline,
-        )
-        return Prepared(req, entry, puzzle, [job], arrived)
+        tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
+        jobs = [
+            Job(
+                tokens=turn(tokens, tid),
+                vector=entry.engine.vector_for(0),
+                max_steps=max_steps,
+                halt=req.halt,
+                record_steps=tid == 0 and (req.return_steps or req.stream),
+                deadline=deadline,
+            )
+            for tid in range(req.views)
+        ]
+        return Prepared(req, entry, puzzle, jobs, arrived)
 
     # ------------------------------------------------------------------ ARC
     def _prepare_arc(self, req: SolveRequest, entry: ModelEntry, task: ArcTask, arrived: float) -> Prepared:
@@ -202,6 +211,16 @@ class Solver:
             solution.append({"attempt_1": ranked[0], "attempt_2": ranked[1]})
         return solution
 
+    @staticmethod
+    def _voted(prep: Prepared) -> tuple[np.ndarray, list[float]]:
+        """The answer most views gave (ties: the higher mean halting probability), and those views' probabilities."""
+        candidates = []
+        for tid, job in enumerate(prep.jobs):
+            assert job.answer is not None
+            candidates.append((turn(np.asarray(job.answer), DIHEDRAL_INVERSE[tid]), job.halt_probability))
+        best = np.asarray(vote(candidates)[0], dtype=np.int64)
+        return best, [p for answer, p in candidates if np.array_equal(answer, best)]
+
     # ------------------------------------------------------------------ rendering
     def decode(self, prep: Prepared, tokens: np.ndarray, index: int = 0) -> Any:
         """A step's tokens as a grid; for ARC job `index`'s, mapped back through its variant ([] if no colour)."""
@@ -229,12 +248,17 @@ class Solver:
         main = jobs[0]
         assert main.answer is not None and main.halted_by is not None
         adapt_ms = None
+        halt_probability = min(j.halt_probability for j in jobs)
+        votes = None
         if prep.arc is not None:
             solution: Any = self._arc_solution(prep)
             verified = None
             adapt_ms = round(prep.arc.adapt_s * 1000, 3) if prep.arc.mode == "adapted" else None
         else:
-            solution = self.decode(prep, main.answer)
+            answer, agreeing = self._voted(prep)
+            solution = self.decode(prep, answer)
+            if len(jobs) > 1:
+                votes, halt_probability = len(agreeing), sum(agreeing) / len(agreeing)
             verified = prep.entry.codec.verify(prep.puzzle, solution)
         steps = None
         if prep.request.return_steps:
@@ -253,8 +277,9 @@ class Solver:
             solution=solution,
             steps_used=slowest.steps_used,
             halted_by=slowest.halted_by.value if slowest.halted_by else "max_steps",
-            halt_probability=round(min(j.halt_probability for j in jobs), 6),
+            halt_probability=round(halt_probability, 6),
             verified=verified,
+            votes=votes,
             timing=Timing(
                 queue_ms=round((started - prep.arrived - (adapt_ms or 0.0) / 1000) * 1000, 3),
                 compute_ms=round(max(j.compute_s for j in jobs) * 1000, 3),
@@ -263,6 +288,12 @@ class Solver:
             ),
             steps=steps,
         )
+
+
+def turn(tokens: np.ndarray, tid: int) -> np.ndarray:
+    """A flattened square grid of tokens under symmetry `tid`."""
+    turned: np.ndarray = dihedral_rows(tokens[None], np.array([tid]))[0]
+    return turned
 
 
 def changed_cells(previous: Any, current: Any) -> list[tuple[int, int]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi import FastAPI
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.checkpoint import save_checkpoint, sha256_file
+from model.puzzles.dihedral import dihedral, inverse_dihedral
 from server.app import create_app
 from server.settings import Settings
 from tests.server.conftest import MAZE_10, SOLVED, sudoku_puzzle, tiny_model, write_checkpoint, write_tiny_weights
@@ -123,6 +125,39 @@ def test_solve_arc_returns_one_attempt_pair_per_test_input(client: TestClient) -
 def test_unknown_arc_task_id_is_404_naming_task_id(client: TestClient) -> None:
     err = error_of(solve(client, puzzle="arc", task=ARC_TASK, task_id="never-seen"), 404)
     assert err["field"] == "task_id" and "never-seen" in err["message"]
+
+
+def turned(rows: list[Any], tid: int, inverse: bool = False) -> list[Any]:
+    """A Sudoku (int lists) or maze (strings) grid under a symmetry of the square, as a client would turn it."""
+    as_text = isinstance(rows[0], str)
+    grid = np.array([list(r) for r in rows])
+    out = (inverse_dihedral if inverse else dihedral)(grid, tid)
+    return ["".join(r) for r in out] if as_text else out.astype(int).tolist()
+
+
+def test_views_answer_what_most_turned_copies_answer(client: TestClient) -> None:
+    # A maze: the untrained tiny Sudoku model answers the same constant grid however the puzzle is turned.
+    puzzle, grid = "maze", MAZE_10
+    body = solve(client, puzzle=puzzle, grid=grid, views=8).json()
+    # The same puzzle turned by the client, one request per symmetry, turned back and counted.
+    answers = []
+    for tid in range(8):
+        one = solve(client, puzzle=puzzle, grid=turned(grid, tid)).json()
+        answers.append((turned(one["solution"], tid, inverse=True), one["halt_probability"]))
+    assert len({json.dumps(a) for a, _ in answers}) > 1  # an untrained model answers differently per view
+    tally: dict[str, list[float]] = {}
+    for answer, prob in answers:
+        tally.setdefault(json.dumps(answer), []).append(prob)
+    best = max(tally, key=lambda k: (len(tally[k]), sum(tally[k]) / len(tally[k])))
+    assert body["solution"] == json.loads(best)
+    assert body["votes"] == len(tally[best])
+    assert body["halt_probability"] == pytest.approx(sum(tally[best]) / len(tally[best]), abs=1e-5)
+    assert "votes" not in solve(client, puzzle=puzzle, grid=grid).json()  # one view: the plain contract
+
+
+def test_views_on_an_arc_task_is_422_naming_views(client: TestClient) -> None:
+    err = error_of(solve(client, puzzle="arc", task=ARC_TASK, task_id="task-a", views=2), 422)
+    assert err["field"] == "views" and "ARC" in err["message"]
 
 
 def test_return_steps_lists_steps_one_to_steps_used_with_changed_cells(client: TestClient) -> None:
@@ -368,6 +403,9 @@ def test_unknown_top_level_field_is_422_naming_it(client: TestClient) -> None:
         ({"puzzle": "sudoku", "grid": SOLVED, "halt": "sometimes"}, "halt"),
         ({"puzzle": "sudoku", "grid": SOLVED, "max_steps": 0}, "max_steps"),
         ({"puzzle": "sudoku", "grid": SOLVED, "return_steps": "lots"}, "return_steps"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "views": 9}, "views"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "views": 0}, "views"),
+        ({"puzzle": "sudoku", "grid": SOLVED, "views": True}, "views"),
     ],
 )
 def test_schema_errors_are_422_naming_the_field(client: TestClient, body: dict[str, Any], field: str) -> None:
