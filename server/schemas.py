@@ -30,13 +30,14 @@ class SolveRequest(BaseModel):
         None, ge=1, strict=True, description="supervision steps at most (default: the model's)"
     )
     halt: Literal["adaptive", "never"] = "adaptive"
-    views: int = Field(
-        1,
+    views: int | None = Field(
+        None,
         ge=1,
         le=8,
         strict=True,
         description="Sudoku and maze: also solve the puzzle turned by the first K symmetries of the square and "
-        "answer what most of them agree on (K times the compute; the steps shown are the unturned puzzle's)",
+        "answer what most of them agree on (K times the compute; the steps shown are the unturned puzzle's); "
+        "default: the server's default_views",
     )
     return_steps: bool = Field(False, strict=True)
     stream: bool = Field(False, strict=True)

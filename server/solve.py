@@ -114,7 +114,7 @@ class Solver:
             raise ApiError(422, "invalid_puzzle", exc.message, field_name) from exc
 
         if req.puzzle == "arc":
-            if req.views != 1:
+            if req.views not in (None, 1):
                 message = "views applies to sudoku and maze; an ARC task is voted over its own variants"
                 raise ApiError(422, "invalid_request", message, "views")
             return self._prepare_arc(req, entry, puzzle, arrived)
@@ -128,7 +128,7 @@ class Solver:
                 record_steps=tid == 0 and (req.return_steps or req.stream),
                 deadline=deadline,
             )
-            for tid in range(req.views)
+            for tid in range(req.views or self.settings.default_views)
         ]
         return Prepared(req, entry, puzzle, jobs, arrived)
 

@@ -155,6 +155,19 @@ def test_views_answer_what_most_turned_copies_answer(client: TestClient) -> None
     assert "votes" not in solve(client, puzzle=puzzle, grid=grid).json()  # one view: the plain contract
 
 
+def test_default_views_applies_to_sudoku_and_mazes_that_do_not_say(weights: Path) -> None:
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body.items() if k not in ("id", "timing")}
+
+    with TestClient(create_app(make_settings(weights, default_views=8))) as client:
+        voted = solve(client, puzzle="maze", grid=MAZE_10).json()
+        assert 1 <= voted["votes"] <= 8
+        assert answer(voted) == answer(solve(client, puzzle="maze", grid=MAZE_10, views=8).json())
+        assert "votes" not in solve(client, puzzle="maze", grid=MAZE_10, views=1).json()
+        arc = solve(client, puzzle="arc", task=ARC_TASK, task_id="task-a")  # ARC votes over its own variants
+        assert arc.status_code == 200 and "votes" not in arc.json()
+
+
 def test_views_on_an_arc_task_is_422_naming_views(client: TestClient) -> None:
     err = error_of(solve(client, puzzle="arc", task=ARC_TASK, task_id="task-a", views=2), 422)
     assert err["field"] == "views" and "ARC" in err["message"]
