@@ -257,6 +257,7 @@ function setKind(kind) {
   $("#kind").dataset.value = kind;
   $$("#kind [data-kind]").forEach((b) => b.setAttribute("aria-selected", String(b.dataset.kind === kind)));
   $$(".panel").forEach((p) => { p.hidden = p.dataset.panel !== kind; });
+  $("#views-field").hidden = kind === "arc"; // an ARC task is voted over its own variants
   $("#sample-note").textContent = "";
   fillModels();
   resetRun();
@@ -320,6 +321,8 @@ function buildRequest() {
   if (model) body.model = model;
   const maxSteps = $("#max-steps").value.trim();
   if (maxSteps) body.max_steps = Number(maxSteps);
+  const views = Number($("#views").value);
+  if (state.kind !== "arc" && views > 1) body.views = views;
   if (state.kind === "sudoku") {
     body.grid = $("#sudoku-text").value.replace(/\s+/g, "");
     return { body, input: sudokuGrid(sudokuValues()) };
@@ -364,6 +367,7 @@ async function solve() {
   state.run = {
     kind: state.kind, input: request.input, steps: [], result: null, error: null, controller,
     maxSteps: request.body.max_steps || (model && model.config ? model.config.halt_max_steps : 0),
+    views: request.body.views || 1,
   };
   state.view = 0;
   state.follow = true;
@@ -463,6 +467,7 @@ function renderSummary() {
   else if (result && !run.error) {
     const how = { q_head: "the halting head fired", max_steps: "the step limit was reached", deadline: "the deadline passed" };
     status.textContent = `Finished after ${result.steps_used} step${result.steps_used === 1 ? "" : "s"}: ${how[result.halted_by] || result.halted_by}.`;
+    if (result.votes) status.textContent += ` ${result.votes} of ${run.views} orientations gave this answer.`;
   }
   else if (run.error) status.textContent = `Stopped: ${run.error.message || run.error.error}`;
 
@@ -495,7 +500,9 @@ function viewGrid() {
   if (!run || state.view === 0 || !run.steps.length) return { kind, input, grid: kind === "arc" ? null : input, changed: null };
   const step = run.steps[state.view - 1];
   const before = state.view > 1 ? run.steps[state.view - 2].solution : kind === "arc" ? null : input;
-  return { kind, input, grid: step.solution, changed: diffCells(before, step.solution, step.changed_cells) };
+  // With several orientations the steps are the unturned puzzle's; the last frame shows the voted answer.
+  const grid = isFinalView() && run.result.votes ? run.result.solution : step.solution;
+  return { kind, input, grid, changed: diffCells(before, grid, step.changed_cells) };
 }
 
 function diffCells(before, after, fallback) {

@@ -221,6 +221,24 @@ def test_page_solves_a_maze_with_halting_off_and_a_step_limit(page: Any) -> None
     page.screenshot(path=str(ARTIFACTS / "web-maze.png"), full_page=True)
 
 
+def test_page_votes_over_eight_orientations_and_shows_the_voted_answer(page: Any) -> None:
+    page.click("#kind [data-kind='maze']")
+    page.wait_for_selector("#model option[value='maze-tiny']", state="attached")
+    page.select_option("#model", "maze-tiny")
+    page.select_option("#halt", "never")  # every view runs all its steps, so the shown steps are steps_used
+    page.select_option("#views", "8")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#maze-text').value.includes('S')")
+
+    request, steps, result = _solve(page)
+    assert request["views"] == 8
+    assert 1 <= result["votes"] <= 8
+    assert f"{result['votes']} of 8 orientations gave this answer" in page.inner_text("#run-status")
+    _check_rendering(page, steps, result, lambda rows: rows)  # the last frame is the voted answer
+    page.click("#kind [data-kind='arc']")
+    assert not page.is_visible("#views")  # ARC is voted over its own variants
+
+
 def test_page_shows_api_errors_inline(page: Any) -> None:
     """No ARC model is loaded: the 404 JSON error appears next to the Solve button, naming the field."""
     page.click("#kind [data-kind='arc']")
