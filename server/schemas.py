@@ -56,6 +56,13 @@ class StepState(BaseModel):
     changed_cells: list[tuple[int, int]]
 
 
+def _omit_if_none(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """Drop an optional field that does not apply, so answers without it keep the contract's fields exactly."""
+    if data.get(key) is None:
+        data.pop(key, None)
+    return data
+
+
 class Timing(BaseModel):
     queue_ms: float
     compute_ms: float
@@ -67,10 +74,7 @@ class Timing(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_absent_adapt(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """adapt_ms appears only where adaptation ran, so the other answers keep the three-field timing."""
-        data: dict[str, Any] = handler(self)
-        if data.get("adapt_ms") is None:
-            data.pop("adapt_ms", None)
-        return data
+        return _omit_if_none(handler(self), "adapt_ms")
 
 
 class SolveResponse(BaseModel):
@@ -88,11 +92,8 @@ class SolveResponse(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_absent_votes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """votes appears only where views were asked for, so other answers keep their fields."""
-        data: dict[str, Any] = handler(self)
-        if data.get("votes") is None:
-            data.pop("votes", None)
-        return data
+        """votes appears only where views were asked for."""
+        return _omit_if_none(handler(self), "votes")
 
 
 class ErrorBody(BaseModel):
