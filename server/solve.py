@@ -255,10 +255,11 @@ class Solver:
             verified = None
             adapt_ms = round(prep.arc.adapt_s * 1000, 3) if prep.arc.mode == "adapted" else None
         else:
-            answer, agreeing = self._voted(prep)
-            solution = self.decode(prep, answer)
+            answer = main.answer
             if len(jobs) > 1:
+                answer, agreeing = self._voted(prep)
                 votes, halt_probability = len(agreeing), sum(agreeing) / len(agreeing)
+            solution = self.decode(prep, answer)
             verified = prep.entry.codec.verify(prep.puzzle, solution)
         steps = None
         if prep.request.return_steps:
