@@ -170,6 +170,7 @@ def evaluate_views(
     """
     if not 1 <= views <= NUM_DIHEDRAL:
         raise ValueError(f"views must be 1..{NUM_DIHEDRAL}, got {views}")
+    start = time.perf_counter()
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
     inputs, labels = np.asarray(data.inputs), np.asarray(data.labels)
@@ -203,6 +204,7 @@ def evaluate_views(
         "exact_by_view": per_view,
         "single_view": {k: v for k, v in single.items() if k not in ("puzzles", "seconds")},
         "puzzles": n,
+        "seconds": round(time.perf_counter() - start, 2),
     }
     sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
     if len(np.unique(sides)) > 1:
@@ -295,12 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     data = load_eval_data(args.data, ckpt.config)
     threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights))
     common = {"batch_size": args.batch_size, "device": device, "dtype": dtype, "limit": args.limit}
-    start = time.perf_counter()
     if args.views == 1:
         figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)
     else:
         figures = evaluate_views(model, data, args.views, args.halt, threshold=threshold, progress=True, **common)
-        figures["seconds"] = round(time.perf_counter() - start, 2)
     precision = str(dtype).removeprefix("torch.")
     summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **figures}
     if args.record:
