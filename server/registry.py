@@ -19,12 +19,14 @@ from model.checkpoint import (
     Checkpoint,
     CheckpointError,
     card_threshold,
+    halting_key,
     load_checkpoint,
     read_card_metrics,
 )
 from model.config import TRMConfig
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
+from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import count_trainable_parameters
 from server.engine import Engine, TorchEngine, configure_cpu_threads, resolve_device, resolve_dtype
 from server.settings import Settings
@@ -54,7 +56,12 @@ class ModelEntry:
     @property
     def halt_threshold(self) -> float:
         """The settings' threshold when set, else the one calibrated for this checkpoint, else 0.5."""
-        return self.threshold_override or card_threshold(self.card)
+        return self.halt_threshold_for(1)
+
+    def halt_threshold_for(self, views: int) -> float:
+        """`halt_threshold` for answers voted over `views` symmetries: the one calibrated for that many views
+        when the card has it (`training.calibrate --views`), else the single view's."""
+        return self.threshold_override or card_threshold(self.card, views)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -69,6 +76,9 @@ class ModelEntry:
             "backend": self.engine.backend,
             "provider": self.engine.provider,
             "halt_threshold": self.halt_threshold,
+            "halt_threshold_by_views": {  # the view counts calibrated apart; others use halt_threshold
+                str(k): self.halt_threshold_for(k) for k in range(2, NUM_DIHEDRAL + 1) if halting_key(k) in self.card
+            },
             "slots": self.engine.slots,
             "card": self.card,
             "known_tasks": len({n.split("|||")[0] for n in self.identifiers if n != "<blank>"}),

@@ -68,6 +68,8 @@ class Job:
     vector: np.ndarray
     max_steps: int
     halt: Literal["adaptive", "never"] = "adaptive"
+    threshold: float | None = None
+    """Halting probability this job halts at; None: the model's (`ModelScheduler.threshold`)."""
     record_steps: bool = False
     deadline: float = math.inf  # time.monotonic() value
     on_step: Callable[[Job, StepRecord], None] | None = None
@@ -250,7 +252,7 @@ class ModelScheduler:
                 except Exception:
                     log.exception("on_step callback of job %d failed", job.id)
             reason: HaltReason | None = None
-            if job.halt == "adaptive" and prob >= self.threshold:
+            if job.halt == "adaptive" and prob >= (self.threshold if job.threshold is None else job.threshold):
                 reason = HaltReason.Q_HEAD
             elif job.steps_used >= job.max_steps:
                 reason = HaltReason.MAX_STEPS

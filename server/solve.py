@@ -119,16 +119,18 @@ class Solver:
                 raise ApiError(422, "invalid_request", message, "views")
             return self._prepare_arc(req, entry, puzzle, arrived)
         tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
+        views = req.views or self.settings.default_views
         jobs = [
             Job(
                 tokens=turn(tokens, tid),
                 vector=entry.engine.vector_for(0),
                 max_steps=max_steps,
                 halt=req.halt,
+                threshold=entry.halt_threshold_for(views),
                 record_steps=tid == 0 and (req.return_steps or req.stream),
                 deadline=deadline,
             )
-            for tid in range(req.views or self.settings.default_views)
+            for tid in range(views)
         ]
         return Prepared(req, entry, puzzle, jobs, arrived)
 

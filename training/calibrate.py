@@ -10,6 +10,12 @@ sweeps thresholds over one pass of `halt_max_steps` steps, keeps the lowest whos
 within `--tolerance` of the best (that of `never` or of any swept threshold), and stores it with the sweep table
 as `halting` in WEIGHTS/metrics.json, where the server and `training.evaluate` read it. Calibrate on puzzles
 other than the ones the card reports.
+
+`--views K` calibrates the threshold for answers voted over K symmetries of the square (`"views": K` in a
+request, `training.evaluate --views K`): every view halts at its own first step over the threshold, the views
+are voted, and the sweep scores the vote and counts the steps of all views. A vote forgives a view that halted
+too early, so its threshold can be lower than one view's; it is stored as `halting_views{K}`. Calibrate in the
+precision the model is served in (`--dtype`).
 The last line of stdout is JSON.
 """
 
@@ -26,8 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.puzzles.dihedral import NUM_DIHEDRAL
 from training.data.dataset import PuzzleSet
-from training.evaluate import run_steps
+from training.evaluate import run_steps, turn_back, turned_set, vote_views
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +42,46 @@ GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
 
 
 @torch.inference_mode()
-def trace(model: nn.Module, data: PuzzleSet, batch_size: int = 256, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per step and puzzle: is the answer exactly right, and the halting probability. Both (steps, puzzles)."""
+def trace_answers(
+    model: nn.Module, data: PuzzleSet, batch_size: int = 256, limit: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step and puzzle: the predicted tokens (steps, puzzles, length) and the halting probability (steps,
+    puzzles)."""
     device = next(model.parameters()).device
     max_steps = model.config.halt_max_steps  # type: ignore[union-attr]
     n = min(len(data), limit) if limit else len(data)
-    correct, probs = [], []
+    answers, probs = [], []
     for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
-        inputs, labels, ids = data.tensors(lo, hi, device)
-        ignore = labels == 0
-        steps = list(run_steps(model, inputs, ids, max_steps))
-        correct.append(np.stack([((pred == labels) | ignore).all(-1).cpu().numpy() for _, pred, _ in steps]))
+        inputs, _, ids = data.tensors(lo, min(n, lo + batch_size), device)
+        steps = list(run_steps(model, inputs, ids, max_steps, dtype))
+        answers.append(np.stack([pred.cpu().numpy() for _, pred, _ in steps]))
         probs.append(np.stack([torch.sigmoid(q).cpu().numpy() for _, _, q in steps]))
-    return np.concatenate(correct, axis=1), np.concatenate(probs, axis=1)
+    return np.concatenate(answers, axis=1), np.concatenate(probs, axis=1)
+
+
+def exact(answers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Whether each answer [..., N, L] matches its puzzle's labels [N, L] on every scored (non-PAD) cell."""
+    return ((answers == labels) | (labels == 0)).all(-1)
+
+
+def trace(
+    model: nn.Module, data: PuzzleSet, batch_size: int = 256, limit: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step and puzzle: is the answer exactly right, and the halting probability. Both (steps, puzzles)."""
+    answers, probs = trace_answers(model, data, batch_size, limit, dtype)
+    return exact(answers, np.asarray(data.labels)[: answers.shape[1]]), probs
+
+
+def trace_views(
+    model: nn.Module, data: PuzzleSet, views: int, limit: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """`trace_answers` under the first `views` symmetries, answers turned back: (views, steps, puzzles, length)
+    and (views, steps, puzzles)."""
+    n = min(len(data), limit) if limit else len(data)
+    data = data.subset(np.arange(n))
+    traced = [trace_answers(model, turned_set(data, tid), dtype=dtype) for tid in range(views)]
+    answers = np.stack([turn_back(a, tid) for tid, (a, _) in enumerate(traced)])
+    return answers, np.stack([p for _, p in traced])
 
 
 def sweep(correct: np.ndarray, probs: np.ndarray, grid: tuple[float, ...] = GRID) -> list[dict[str, float]]:
@@ -56,13 +89,43 @@ def sweep(correct: np.ndarray, probs: np.ndarray, grid: tuple[float, ...] = GRID
     n = correct.shape[1]
     rows = []
     for t in grid:
-        passed = probs >= t
-        first = np.where(passed.any(0), passed.argmax(0), correct.shape[0] - 1)
+        first = first_over(probs, t)
         rows.append(
             {
                 "threshold": t,
                 "exact_accuracy": round(float(correct[first, np.arange(n)].mean()), 4),
                 "mean_steps": round(float((first + 1).mean()), 3),
+            }
+        )
+    return rows
+
+
+def first_over(probs: np.ndarray, t: float) -> np.ndarray:
+    """The step index (axis -2 of `probs` [..., steps, puzzles]) each puzzle halts at: its first over `t`, else the
+    last."""
+    passed = probs >= t
+    return np.where(passed.any(-2), passed.argmax(-2), probs.shape[-2] - 1)
+
+
+def sweep_views(
+    answers: np.ndarray, probs: np.ndarray, labels: np.ndarray, grid: tuple[float, ...] = GRID
+) -> list[dict[str, float]]:
+    """`sweep` for answers voted over views: each view halts at its own first step over t, then the vote.
+
+    `answers` (views, steps, puzzles, length) are in the puzzles' own orientation, `probs` (views, steps,
+    puzzles); `mean_steps` adds up the views' steps, which is what a voted answer costs.
+    """
+    views, _, n, _ = answers.shape
+    v, i = np.arange(views)[:, None], np.arange(n)[None, :]
+    rows = []
+    for t in grid:
+        first = first_over(probs, t)  # (views, puzzles)
+        voted = vote_views(answers[v, first, i], probs[v, first, i])
+        rows.append(
+            {
+                "threshold": t,
+                "exact_accuracy": round(float(exact(voted, labels).mean()), 4),
+                "mean_steps": round(float((first + 1).sum(0).mean()), 3),
             }
         )
     return rows
@@ -80,22 +143,39 @@ def choose(rows: list[dict[str, float]], never: float, tolerance: float) -> floa
     return max(rows, key=lambda r: (r["exact_accuracy"], -r["mean_steps"]))["threshold"]
 
 
-def calibrate(model: nn.Module, data: PuzzleSet, tolerance: float, limit: int = 0) -> dict[str, Any]:
-    correct, probs = trace(model, data, limit=limit)
-    rows = sweep(correct, probs)
-    never = float(correct[-1].mean())
-    return {
+def calibrate(
+    model: nn.Module,
+    data: PuzzleSet,
+    tolerance: float,
+    limit: int = 0,
+    views: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    if views == 1:
+        correct, probs = trace(model, data, limit=limit, dtype=dtype)
+        rows = sweep(correct, probs)
+        never = float(correct[-1].mean())
+    else:
+        answers, vprobs = trace_views(model, data, views, limit, dtype)
+        labels = np.asarray(data.labels)[: answers.shape[2]]
+        rows = sweep_views(answers, vprobs, labels)
+        never = float(exact(vote_views(answers[:, -1], vprobs[:, -1]), labels).mean())
+    result: dict[str, Any] = {
         "threshold": choose(rows, never, tolerance),
         "tolerance": tolerance,
         "never_exact_accuracy": round(never, 4),
-        "puzzles": int(correct.shape[1]),
+        "puzzles": min(len(data), limit) if limit else len(data),
         "sweep": rows,
     }
+    if views != 1:
+        result = {"views": views, **result}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import halting_key, load_checkpoint
     from training.data.sources import load_eval_data
+    from training.evaluate import compute_dtype
 
     parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint directory")
@@ -104,16 +184,30 @@ def main(argv: list[str] | None = None) -> int:
         "--tolerance", type=float, default=0.005, help="exact accuracy the threshold may lose against the best"
     )
     parser.add_argument("--limit", type=int, default=0, help="use only the first N puzzles")
+    parser.add_argument(
+        "--views", type=int, default=1, help="calibrate for answers voted over the first K (1..8) symmetries"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute precision of the trace: calibrate in the one the server uses",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the result without writing metrics.json")
     args = parser.parse_args(argv)
+    if not 1 <= args.views <= NUM_DIHEDRAL:
+        parser.error(f"--views must be 1..{NUM_DIHEDRAL}, got {args.views}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     ckpt = load_checkpoint(args.weights)
     if ckpt.config.family == "arc":
         parser.error("ARC answers are voted over variants; calibrate on Sudoku or maze checkpoints")
+    dtype = compute_dtype(args.dtype, torch.device("cpu"))
+    data = load_eval_data(args.data, ckpt.config)
     result = {
         "data": args.data,
-        **calibrate(ckpt.model, load_eval_data(args.data, ckpt.config), args.tolerance, args.limit),
+        "dtype": args.dtype,
+        **calibrate(ckpt.model, data, args.tolerance, args.limit, args.views, dtype),
     }
     for row in result["sweep"]:
         log.info(
@@ -122,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         path = Path(args.weights) / "metrics.json"
         card = json.loads(path.read_text()) if path.is_file() else {}
-        card["halting"] = result
+        card[halting_key(args.views)] = result
         path.write_text(json.dumps(card, indent=2) + "\n")
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

@@ -142,6 +142,20 @@ def evaluate_model(
     return result
 
 
+def turned_set(data: PuzzleSet, tid: int) -> PuzzleSet:
+    """The same puzzles (and labels) under dihedral symmetry `tid` of the square."""
+    n = len(data)
+    inputs, labels = np.asarray(data.inputs), np.asarray(data.labels)
+    rows = dihedral_rows(inputs, np.full(n, tid)), dihedral_rows(labels, np.full(n, tid))
+    return PuzzleSet(*rows, data.puzzle_ids, data.groups, data.extras)
+
+
+def turn_back(answers: np.ndarray, tid: int) -> np.ndarray:
+    """Answers [..., N, L] given under symmetry `tid`, in the puzzles' own orientation."""
+    flat = answers.reshape(-1, answers.shape[-1])
+    return dihedral_rows(flat, np.full(len(flat), DIHEDRAL_INVERSE[tid])).reshape(answers.shape)
+
+
 def vote_views(answers: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Per puzzle, the answer most views gave, ties broken by mean halting probability.
 
@@ -173,20 +187,13 @@ def evaluate_views(
     start = time.perf_counter()
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
-    inputs, labels = np.asarray(data.inputs), np.asarray(data.labels)
+    labels = np.asarray(data.labels)
     key = ("adaptive_predictions", "adaptive_q") if halt == "adaptive" else ("predictions", "q")
     answers, probs, per_view, steps = [], [], [], 0.0
     single: dict[str, Any] = {}
     for tid in range(views):
-        turned = PuzzleSet(
-            dihedral_rows(inputs, np.full(n, tid)),
-            dihedral_rows(labels, np.full(n, tid)),
-            data.puzzle_ids,
-            data.groups,
-            data.extras,
-        )
-        result = evaluate_model(model, turned, keep_predictions=True, **kwargs)
-        answers.append(dihedral_rows(result[key[0]], np.full(n, DIHEDRAL_INVERSE[tid])))
+        result = evaluate_model(model, turned_set(data, tid), keep_predictions=True, **kwargs)
+        answers.append(turn_back(result[key[0]], tid))
         probs.append(result[key[1]])
         per_view.append(result["adaptive_exact_accuracy"] if halt == "adaptive" else result["exact_accuracy"])
         steps += result["mean_steps"] if halt == "adaptive" else result["max_steps"]
@@ -256,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--halt", choices=["adaptive", "never"], default="adaptive")
     parser.add_argument(
-        "--halt-threshold", type=float, help="adaptive halting probability (default: the calibrated one, else 0.5)"
+        "--halt-threshold",
+        type=float,
+        help="adaptive halting probability (default: the one calibrated for --views, else for one view, else 0.5)",
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
-    threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights))
+    threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights), args.views)
     common = {"batch_size": args.batch_size, "device": device, "dtype": dtype, "limit": args.limit}
     if args.views == 1:
         figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)

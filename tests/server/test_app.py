@@ -208,6 +208,20 @@ def test_a_calibrated_card_threshold_applies_unless_the_settings_set_one(
     assert body["steps_used"] == steps
 
 
+def test_a_threshold_calibrated_for_voting_applies_to_requests_with_that_many_views(tmp_path: Path) -> None:
+    # sigmoid(5) = 0.993: one view waits for the card's 0.999 (all 4 steps); 8 views halt at their 0.9 after one.
+    ckpt = write_checkpoint(tmp_path / "halts", "sudoku", 81, seed=4, q_halt_bias=5.0)
+    card = {"halting": {"threshold": 0.999}, "halting_views8": {"views": 8, "threshold": 0.9}}
+    (ckpt / "metrics.json").write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        described = client.get("/models").json()["models"][0]
+        assert described["halt_threshold"] == 0.999 and described["halt_threshold_by_views"] == {"8": 0.9}
+        grid = sudoku_puzzle()
+        assert solve(client, puzzle="sudoku", grid=grid, max_steps=4).json()["steps_used"] == 4
+        assert solve(client, puzzle="sudoku", grid=grid, max_steps=4, views=8).json()["steps_used"] == 1
+        assert solve(client, puzzle="sudoku", grid=grid, max_steps=4, views=4).json()["steps_used"] == 4  # not 4's
+
+
 def test_stream_sends_one_step_event_per_step_then_the_result(client: TestClient) -> None:
     with client.stream("POST", "/solve", json={"puzzle": "maze", "grid": MAZE_10, "stream": True}) as response:
         assert response.status_code == 200

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from model.checkpoint import card_threshold, save_checkpoint
-from tests.training.test_evaluate import inputs_for, manual_steps, puzzle_set, tiny_model
+from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
-from training.calibrate import choose, sweep, trace
-from training.evaluate import evaluate_model
+from training.calibrate import choose, sweep, sweep_views, trace, trace_views
+from training.evaluate import evaluate_model, evaluate_views
 
 # Three puzzles, four steps. Puzzle 0 is right from step 2 on; puzzle 1 only at step 4; puzzle 2 is right at step 1
 # and broken by step 3 (recursion can drift away from a right answer).
@@ -60,6 +60,59 @@ def test_evaluate_uses_the_threshold_it_is_given() -> None:
     for t in (0.3, 0.6, 0.9):
         expected = sweep(correct, probs, (t,))[0]["mean_steps"]
         assert evaluate_model(model, data, threshold=t)["mean_steps"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_sweep_views_scores_the_vote_of_views_that_each_halt_at_their_own_step() -> None:
+    # One puzzle of one cell (label 1), three views, two steps; answers already turned back.
+    answers = np.array([[[[2]], [[1]]], [[[1]], [[1]]], [[[2]], [[1]]]])  # (views, steps, puzzles, length)
+    probs = np.array([[[0.6], [0.9]], [[0.95], [0.99]], [[0.7], [0.9]]])  # (views, steps, puzzles)
+    labels = np.array([[1]])
+    rows = {r["threshold"]: r for r in sweep_views(answers, probs, labels, (0.5, 0.8, 0.97))}
+    # 0.5: every view halts at step 1; views 0 and 2 say 2, and two votes beat one.
+    assert rows[0.5] == {"threshold": 0.5, "exact_accuracy": 0.0, "mean_steps": 3.0}
+    # 0.8: views 0 and 2 go on to step 2 and answer 1; view 1 halted at step 1 with 1: 1+2+2 steps.
+    assert rows[0.8] == {"threshold": 0.8, "exact_accuracy": 1.0, "mean_steps": 5.0}
+    # 0.97: view 1 waits for step 2 too.
+    assert rows[0.97]["mean_steps"] == 6.0
+    one = sweep_views(answers[:1], probs[:1], labels, (0.5, 0.8))
+    correct = (answers[0] == labels).all(-1)
+    assert one == sweep(correct, probs[0], (0.5, 0.8))  # a single view's sweep is the plain one
+
+
+def test_trace_views_and_its_sweep_match_evaluate_views() -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    inputs = inputs_for(8)
+    labels = answer_under(model, inputs, 3)
+    data = puzzle_set(inputs, labels)
+    answers, probs = trace_views(model, data, 8)
+    assert answers.shape == (8, model.config.halt_max_steps, 8, 16) and probs.shape == answers.shape[:3]
+    for tid in range(8):
+        assert np.array_equal(answers[tid, -1], answer_under(model, inputs, tid))
+    for row in sweep_views(answers, probs, labels, (0.3, 0.6, 0.9)):
+        voted = evaluate_views(model, data, 8, threshold=row["threshold"], batch_size=3)
+        assert row["exact_accuracy"] == pytest.approx(voted["exact_accuracy"], abs=1e-4)
+        assert row["mean_steps"] == pytest.approx(voted["mean_steps"], abs=1e-3)
+    never = calibrate.calibrate(model, data, 0.005, views=8)["never_exact_accuracy"]
+    assert never == pytest.approx(evaluate_views(model, data, 8, halt="never")["exact_accuracy"], abs=1e-4)
+
+
+def test_cli_views_stores_its_own_threshold_beside_the_single_view_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    (weights / "metrics.json").write_text(json.dumps({"halting": {"threshold": 0.97}}))
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3"]
+    assert calibrate.main([*argv, "--views", "8", "--dtype", "bfloat16"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    card = json.loads((weights / "metrics.json").read_text())
+    assert card["halting"] == {"threshold": 0.97}
+    assert card["halting_views8"] == printed and printed["views"] == 8 and printed["dtype"] == "bfloat16"
+    assert card_threshold(card, 8) == printed["threshold"]
+    assert card_threshold(card, 4) == card_threshold(card) == 0.97  # uncalibrated view counts: the single view's
+    with pytest.raises(SystemExit):
+        calibrate.main([*argv, "--views", "9"])
+    assert "--views must be 1..8" in capsys.readouterr().err
 
 
 def test_cli_stores_the_threshold_in_the_card_and_the_card_reader_returns_it(
