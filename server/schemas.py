@@ -85,6 +85,10 @@ class SolveResponse(BaseModel):
     steps_used: int
     halted_by: Literal["q_head", "max_steps", "deadline"]
     halt_probability: float
+    halt_threshold: float = Field(
+        description="the halting probability adaptive halting waits for: the model's calibrated threshold (for this "
+        "many views, where calibrated apart), or the server's --halt-threshold"
+    )
     verified: bool | None
     timing: Timing
     steps: list[StepState] | None = None

@@ -281,6 +281,7 @@ class Solver:
             steps_used=slowest.steps_used,
             halted_by=slowest.halted_by.value if slowest.halted_by else "max_steps",
             halt_probability=round(halt_probability, 6),
+            halt_threshold=prep.entry.halt_threshold if main.threshold is None else main.threshold,
             verified=verified,
             votes=votes,
             timing=Timing(

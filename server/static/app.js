@@ -5,7 +5,7 @@
 const ARC_COLORS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
   "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"];
 const KINDS = ["sudoku", "maze", "arc"];
-const HALT_THRESHOLD = 0.5;
+const REFERENCE_THRESHOLD = 0.5; // the reference's q_halt > 0, for a server too old to say its own
 const PLAY_MS = 450;
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -14,7 +14,7 @@ const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 const state = {
   kind: "sudoku",
   models: [],
-  run: null, // {kind, input, steps: [], result, error, controller, maxSteps}
+  run: null, // {kind, input, steps: [], result, error, controller, maxSteps, views, threshold}
   view: 0, // 0 = the input, k = supervision step k
   follow: true, // keep the view on the newest step while streaming
   timer: null,
@@ -201,6 +201,19 @@ async function checkHealth() {
   }
 }
 
+// What the server halts at for this model and view count (calibrated per model, see GET /models). Until the
+// result names the model that answered, an "auto" request shows the first model's.
+function modelThreshold(model, views) {
+  if (!model) return REFERENCE_THRESHOLD;
+  const byViews = model.halt_threshold_by_views || {};
+  const t = views > 1 && byViews[String(views)] !== undefined ? byViews[String(views)] : model.halt_threshold;
+  return typeof t === "number" ? t : REFERENCE_THRESHOLD;
+}
+
+function haltThreshold() {
+  return state.run ? state.run.threshold : modelThreshold(selectedModel(), Number($("#views").value) || 1);
+}
+
 function modelsOfKind() {
   return state.models.filter((m) => m.puzzle === state.kind);
 }
@@ -368,6 +381,7 @@ async function solve() {
     kind: state.kind, input: request.input, steps: [], result: null, error: null, controller,
     maxSteps: request.body.max_steps || (model && model.config ? model.config.halt_max_steps : 0),
     views: request.body.views || 1,
+    threshold: modelThreshold(model, request.body.views || 1),
   };
   state.view = 0;
   state.follow = true;
@@ -414,6 +428,7 @@ function handleEvent({ event, data }) {
     if (state.follow) state.view = run.steps.length;
   } else if (event === "result") {
     run.result = data;
+    if (typeof data.halt_threshold === "number") run.threshold = data.halt_threshold; // the model that answered
     if (state.follow) state.view = run.steps.length;
   } else if (event === "error") {
     run.error = data;
@@ -694,11 +709,18 @@ function renderChart() {
   const x = (i) => L + ((i - 0.5) / total) * (W - L - R);
   const y = (p) => T + (1 - p) * (H - T - B);
   for (const p of [0, 0.25, 0.5, 0.75, 1]) {
-    chart.append(svg("line", { x1: L, x2: W - R, y1: y(p), y2: y(p), class: p === 0.5 ? "threshold" : "gridline" }));
+    chart.append(svg("line", { x1: L, x2: W - R, y1: y(p), y2: y(p), class: "gridline" }));
     const label = svg("text", { x: L - 6, y: y(p) + 4, class: "axis", "text-anchor": "end" });
     label.textContent = p.toFixed(p === 0 || p === 1 ? 0 : 2);
     chart.append(label);
   }
+  const threshold = haltThreshold();
+  const rule = svg("line", { x1: L, x2: W - R, y1: y(threshold), y2: y(threshold), class: "threshold", "data-threshold": threshold });
+  const ruleTitle = svg("title", {});
+  ruleTitle.textContent = `adaptive halting stops at p(halt) >= ${threshold}`;
+  rule.append(ruleTitle);
+  chart.append(rule);
+  $("#halt-threshold").textContent = String(threshold);
   const every = Math.ceil(total / 16);
   for (let i = 1; i <= total; i++) {
     if (i % every && i !== 1) continue;
@@ -717,7 +739,7 @@ function renderChart() {
     const k = i + 1;
     const bar = svg("rect", {
       x: x(k) - barW / 2, y: y(s.halt_probability), width: barW, height: Math.max(0, y(0) - y(s.halt_probability)),
-      class: `bar${k === state.view ? " current" : ""}${s.halt_probability >= HALT_THRESHOLD ? " over" : ""}`,
+      class: `bar${k === state.view ? " current" : ""}${s.halt_probability >= threshold ? " over" : ""}`,
       "data-chart-step": k,
     });
     const title = svg("title", {});
@@ -738,13 +760,14 @@ function renderSteps() {
   const run = state.run;
   list.replaceChildren();
   if (!run) return;
+  const threshold = haltThreshold();
   let previous = run.kind === "arc" ? null : run.input;
   run.steps.forEach((s, i) => {
     const k = i + 1;
     const changed = diffCells(previous, s.solution, s.changed_cells).size;
     previous = s.solution;
     const item = el("li", {
-      class: `step${k === state.view ? " current" : ""}${s.halt_probability >= HALT_THRESHOLD ? " over" : ""}`,
+      class: `step${k === state.view ? " current" : ""}${s.halt_probability >= threshold ? " over" : ""}`,
       "data-step": s.step, tabindex: "0", title: `step ${s.step}: p(halt) ${s.halt_probability.toFixed(3)}, ${changed} changed`,
     }, [
       el("span", { class: "num", text: String(s.step) }),

@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+MAZE_THRESHOLDS = {1: 0.9, 8: 0.6}  # views -> halting threshold of maze-tiny's card
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y chromium chromium-driver"
 START_TIMEOUT_S = 120
 SOLVE_TIMEOUT_MS = 60_000
@@ -68,11 +69,13 @@ def _get(url: str) -> tuple[int, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m server` on a free port, serving a tiny Sudoku model and a tiny 15x15 maze model (recorded as
-    trained on 9x9 to 15x15 mazes)."""
+    trained on 9x9 to 15x15 mazes, with calibrated halting thresholds: MAZE_THRESHOLDS)."""
     weights = tmp_path_factory.mktemp("weights")
     write_checkpoint(weights / "sudoku-tiny", "sudoku", 81)
     write_checkpoint(weights / "maze-tiny", "maze", 225)
     record_trained_sides(weights / "maze-tiny", 15, 9)
+    card = {"halting": {"threshold": MAZE_THRESHOLDS[1]}, "halting_views8": {"threshold": MAZE_THRESHOLDS[8]}}
+    (weights / "maze-tiny" / "metrics.json").write_text(json.dumps(card))
     proc = start_server(weights, tmp_path_factory.mktemp("server"), timeout=START_TIMEOUT_S)
     try:
         yield proc.base
@@ -173,6 +176,17 @@ def _sudoku_rows(grid: list[list[int]]) -> list[str]:
     return ["".join(str(v) for v in row) for row in grid]
 
 
+def _check_threshold(page: Any, steps: list[dict[str, Any]], result: dict[str, Any], expected: float) -> None:
+    """The chart's threshold line sits where the server halts this model, and marks the steps that reach it."""
+    assert result["halt_threshold"] == expected
+    line = page.locator("#halt-chart line.threshold")
+    assert float(line.get_attribute("data-threshold")) == expected
+    over = [s["step"] for s in steps if s["halt_probability"] >= expected]
+    assert page.locator("#halt-chart rect.bar.over").count() == len(over)
+    assert [int(n) for n in page.locator("#steps li.step.over").evaluate_all("e => e.map(x => x.dataset.step)")] == over
+    assert page.text_content("#halt-threshold") == str(expected)  # the legend says the same
+
+
 def test_page_streams_a_generated_sudoku_and_renders_every_step(page: Any) -> None:
     page.click("#generate")
     page.wait_for_function("document.querySelector('#sudoku-text').value.length === 81")
@@ -186,6 +200,7 @@ def test_page_streams_a_generated_sudoku_and_renders_every_step(page: Any) -> No
     assert request["halt"] == "adaptive"
     assert result["verified"] is False  # an untrained model: the badge must say so, not hide it
     _check_rendering(page, steps, result, _sudoku_rows)
+    _check_threshold(page, steps, result, 0.5)  # no calibrated card: the reference's rule
     assert page.inner_text("#verified") == "✗ rule check failed"
     assert page.locator("#board .cell.given").count() == givens  # givens drawn apart from model-filled cells
     assert page.locator("#error").is_hidden()
@@ -211,6 +226,7 @@ def test_page_solves_a_maze_with_halting_off_and_a_step_limit(page: Any) -> None
     assert request["halt"] == "never" and request["max_steps"] == 4
     assert result["steps_used"] == 4 and result["halted_by"] == "max_steps"
     _check_rendering(page, steps, result, lambda rows: rows)
+    _check_threshold(page, steps, result, MAZE_THRESHOLDS[1])
     assert page.locator("#board .cell.wall").count() == sum(row.count("#") for row in result["solution"])
     for letter, name in (("S", "start"), ("G", "goal")):  # S and G marked where the question put them
         placed = page.locator(f"#board .cell.{name}").count()
@@ -235,6 +251,7 @@ def test_page_votes_over_eight_orientations_and_shows_the_voted_answer(page: Any
     assert 1 <= result["votes"] <= 8
     assert f"{result['votes']} of 8 orientations gave this answer" in page.inner_text("#run-status")
     _check_rendering(page, steps, result, lambda rows: rows)  # the last frame is the voted answer
+    _check_threshold(page, steps, result, MAZE_THRESHOLDS[8])  # the threshold calibrated for 8 views
     page.click("#kind [data-kind='arc']")
     assert not page.is_visible("#views")  # ARC is voted over its own variants
 
