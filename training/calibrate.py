@@ -54,7 +54,7 @@ def trace_answers(
     for lo in range(0, n, batch_size):
         inputs, _, ids = data.tensors(lo, min(n, lo + batch_size), device)
         steps = list(run_steps(model, inputs, ids, max_steps, dtype))
-        answers.append(np.stack([pred.cpu().numpy() for _, pred, _ in steps]))
+        answers.append(np.stack([pred.to(torch.uint8).cpu().numpy() for _, pred, _ in steps]))  # vocab < 256
         probs.append(np.stack([torch.sigmoid(q).cpu().numpy() for _, _, q in steps]))
     return np.concatenate(answers, axis=1), np.concatenate(probs, axis=1)
 
