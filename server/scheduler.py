@@ -69,7 +69,7 @@ class Job:
     max_steps: int
     halt: Literal["adaptive", "never"] = "adaptive"
     threshold: float | None = None
-    """Halting probability this job halts at; None: the model's (`ModelScheduler.threshold`)."""
+    """Halting probability this job halts at; None: the model's (`ModelScheduler.threshold`), filled in at submit."""
     record_steps: bool = False
     deadline: float = math.inf  # time.monotonic() value
     on_step: Callable[[Job, StepRecord], None] | None = None
@@ -153,6 +153,8 @@ class ModelScheduler:
             if len(self.queue) >= self.queue_capacity:
                 raise QueueFull(f"model {self.name!r} has {len(self.queue)} puzzles queued (capacity reached)")
             job.enqueued_at = time.monotonic()
+            if job.threshold is None:
+                job.threshold = self.threshold
             self.queue.append(job)
         self.observer.gauges(self.name, len(self.queue), self.running)
 
@@ -252,7 +254,7 @@ class ModelScheduler:
                 except Exception:
                     log.exception("on_step callback of job %d failed", job.id)
             reason: HaltReason | None = None
-            if job.halt == "adaptive" and prob >= (self.threshold if job.threshold is None else job.threshold):
+            if job.halt == "adaptive" and job.threshold is not None and prob >= job.threshold:
                 reason = HaltReason.Q_HEAD
             elif job.steps_used >= job.max_steps:
                 reason = HaltReason.MAX_STEPS

@@ -248,7 +248,7 @@ class Solver:
         """The answer for finished jobs that did not fail (the caller checks errors first)."""
         jobs = prep.jobs
         main = jobs[0]
-        assert main.answer is not None and main.halted_by is not None
+        assert main.answer is not None and main.halted_by is not None and main.threshold is not None
         adapt_ms = None
         halt_probability = min(j.halt_probability for j in jobs)
         votes = None
@@ -281,7 +281,7 @@ class Solver:
             steps_used=slowest.steps_used,
             halted_by=slowest.halted_by.value if slowest.halted_by else "max_steps",
             halt_probability=round(halt_probability, 6),
-            halt_threshold=prep.entry.halt_threshold if main.threshold is None else main.threshold,
+            halt_threshold=main.threshold,
             verified=verified,
             votes=votes,
             timing=Timing(

@@ -90,14 +90,17 @@ def sweep(correct: np.ndarray, probs: np.ndarray, grid: tuple[float, ...] = GRID
     rows = []
     for t in grid:
         first = first_over(probs, t)
-        rows.append(
-            {
-                "threshold": t,
-                "exact_accuracy": round(float(correct[first, np.arange(n)].mean()), 4),
-                "mean_steps": round(float((first + 1).mean()), 3),
-            }
-        )
+        rows.append(_row(t, correct[first, np.arange(n)], first + 1))
     return rows
+
+
+def _row(t: float, right: np.ndarray, steps: np.ndarray) -> dict[str, float]:
+    """One line of a sweep: per-puzzle exactness and steps spent, averaged."""
+    return {
+        "threshold": t,
+        "exact_accuracy": round(float(right.mean()), 4),
+        "mean_steps": round(float(steps.mean()), 3),
+    }
 
 
 def first_over(probs: np.ndarray, t: float) -> np.ndarray:
@@ -121,13 +124,7 @@ def sweep_views(
     for t in grid:
         first = first_over(probs, t)  # (views, puzzles)
         voted = vote_views(answers[v, first, i], probs[v, first, i])
-        rows.append(
-            {
-                "threshold": t,
-                "exact_accuracy": round(float(exact(voted, labels).mean()), 4),
-                "mean_steps": round(float((first + 1).sum(0).mean()), 3),
-            }
-        )
+        rows.append(_row(t, exact(voted, labels), (first + 1).sum(0)))
     return rows
 
 
