@@ -12,13 +12,13 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from model.config import TRMConfig
+from model.precision import autocast
 from model.trm import Carry
 
 log = logging.getLogger(__name__)
@@ -96,36 +96,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-"""/proc/cpuinfo flags of bf16 arithmetic in hardware: AVX512-BF16 and AMX on x86, the BF16 extension on Arm."""
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
-    """Whether the CPU does bf16 arithmetic in hardware; without it bf16 autocast is emulated, and slower than fp32."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:  # not Linux: stay with fp32
-        return False
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features") and NATIVE_BF16_FLAGS & set(value.split()):
-            return True
-    return False
-
-
-def resolve_dtype(setting: str, device: torch.device, cpuinfo: Path = CPUINFO) -> torch.dtype:
-    """`auto` computes in bf16 on a GPU and on a CPU with native bf16, else in fp32.
-
-    On an AVX512-BF16 CPU bf16 ran a shipped model's step of 64 puzzles about 1.8x faster than fp32 (1.1x for one
-    puzzle) with the same held-out accuracy (README, "Serving precision"); the carry stays fp32 either way.
-    """
-    if setting == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16(cpuinfo))
-        return torch.bfloat16 if native else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
-
-
 def configure_cpu_threads(threads: int) -> int:
     n = threads or os.cpu_count() or 1
     torch.set_num_threads(n)
@@ -175,8 +145,7 @@ class TorchEngine(Engine):
         idx_list = list(slots) + [slots[0]] * (padded - k)  # pad with a repeat of a real slot; results dropped
         idx = torch.as_tensor(idx_list, dtype=torch.long, device=self.device)
         carry = Carry(self.y[idx], self.z[idx])
-        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-        with autocast:
+        with autocast(self.device, self.dtype):
             out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])  # type: ignore[operator]
         real = idx[:k]
         self.y[real] = out.carry.y[:k].float()

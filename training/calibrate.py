@@ -171,8 +171,8 @@ def calibrate(
 
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import halting_key, load_checkpoint
+    from model.precision import resolve_dtype
     from training.data.sources import load_eval_data
-    from training.evaluate import compute_dtype
 
     parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint directory")
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="compute precision of the trace: calibrate in the one the server uses",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="compute precision of the trace; auto picks what the server's auto picks on this machine",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the result without writing metrics.json")
     args = parser.parse_args(argv)
@@ -199,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(args.weights)
     if ckpt.config.family == "arc":
         parser.error("ARC answers are voted over variants; calibrate on Sudoku or maze checkpoints")
-    dtype = compute_dtype(args.dtype, torch.device("cpu"))
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
     data = load_eval_data(args.data, ckpt.config)
     result = {
         "data": args.data,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
         **calibrate(ckpt.model, data, args.tolerance, args.limit, args.views, dtype),
     }
     for row in result["sweep"]:

@@ -84,7 +84,7 @@ class TrainConfig:
     """stablemax (TRM) or softmax cross-entropy."""
     seed: int = 0
     dtype: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on CPU), float32 or bfloat16."""
+    """auto (bf16 autocast on CUDA and on a CPU with bf16 hardware, else fp32), float32 or bfloat16."""
     compile: str = "auto"
     """auto (on CUDA), on or off: torch.compile the network."""
     threads: int = 0

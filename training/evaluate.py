@@ -16,7 +16,6 @@ It costs K times the steps.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -30,25 +29,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.precision import autocast, resolve_dtype
 from model.puzzles.augment import vote
 from model.puzzles.dihedral import DIHEDRAL_INVERSE, NUM_DIHEDRAL, dihedral_rows
 from training.data.dataset import PuzzleSet
 
 log = logging.getLogger(__name__)
-
-
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`train.dtype` / `--dtype`: auto is bf16 autocast with CUDA and fp32 on a CPU, where bf16 is opt-in."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked for; fp32 runs without any autocast context."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -274,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype",
         choices=["auto", "float32", "bfloat16"],
         default="auto",
-        help="compute precision: bf16 autocast or fp32 (auto: bf16 with CUDA, fp32 on a CPU, as in training)",
+        help="compute precision (auto: bf16 on a GPU or a CPU with bf16 hardware, else fp32, as in training)",
     )
     parser.add_argument(
         "--views",
@@ -297,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         else ("cpu" if args.device == "auto" else args.device)
     )
     ckpt = load_checkpoint(args.weights)
-    dtype = compute_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
     if args.views != 1 and ckpt.config.family not in ("sudoku", "maze"):
         parser.error(f"--views votes over symmetries of Sudoku and maze grids, not {ckpt.config.family} puzzles")
     if args.arc_mode:

@@ -25,10 +25,11 @@ from torch import Tensor
 
 from model.checkpoint import save_checkpoint
 from model.factory import build_model
+from model.precision import autocast, resolve_dtype
 from model.trm import Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
-from training.evaluate import autocast, compute_dtype, evaluate_model
+from training.evaluate import evaluate_model
 from training.losses import act_loss, q_continue_target
 from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
 from training.sampler import Augment, BatchStream
@@ -121,7 +122,7 @@ class Trainer:
         self.test_data = test_data
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.world))
-        self.dtype = compute_dtype(self.cfg.dtype, self.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.config).to(self.device)

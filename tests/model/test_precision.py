@@ -1,13 +1,14 @@
-"""The torch backend's compute precision: `auto` picks bf16 only where the hardware does bf16 arithmetic."""
+"""Compute precision for training, evaluation and the server: `auto` picks bf16 only where the hardware does it."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from server.engine import cpu_has_native_bf16, resolve_dtype
+from model.precision import cpu_has_native_bf16, resolve_dtype
 
 X86_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 avx avx2 avx512f avx512bw avx512vl"
 CPUINFO = {
@@ -39,3 +40,23 @@ def test_explicit_settings_win_and_a_gpu_or_unknown_cpu_decide_auto(tmp_path: Pa
     assert resolve_dtype("auto", torch.device("cuda"), plain) == torch.bfloat16
     assert not cpu_has_native_bf16(missing)  # no /proc/cpuinfo (not Linux): fp32
     assert resolve_dtype("auto", torch.device("cpu"), missing) == torch.float32
+
+
+def test_explicit_bf16_on_a_cpu_without_it_warns_once_and_is_honoured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    native, plain = tmp_path / "native", tmp_path / "plain"
+    native.write_text(CPUINFO["x86-amx"])
+    plain.write_text(CPUINFO["arm-plain"])
+    with caplog.at_level(logging.WARNING, logger="model.precision"):
+        assert resolve_dtype("bfloat16", torch.device("cpu"), native) == torch.bfloat16
+        assert not caplog.records
+        for _ in range(3):
+            assert resolve_dtype("bfloat16", torch.device("cpu"), plain) == torch.bfloat16
+    assert len(caplog.records) == 1
+    assert "emulated" in caplog.records[0].getMessage() and str(plain) in caplog.records[0].getMessage()
+
+
+def test_an_unknown_setting_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'float16'"):
+        resolve_dtype("float16", torch.device("cpu"))
