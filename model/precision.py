@@ -54,6 +54,11 @@ def resolve_dtype(setting: str, device: torch.device, cpuinfo: Path = CPUINFO) -
     return DTYPES[setting]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The setting that names `dtype` ("float32", "bfloat16"), as results and providers report it."""
+    return str(dtype).removeprefix("torch.")
+
+
 @functools.cache
 def _warn_emulated(cpuinfo: str) -> None:
     log.warning(

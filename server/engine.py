@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from model.config import TRMConfig
-from model.precision import autocast
+from model.precision import autocast, dtype_name
 from model.trm import Carry
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class TorchEngine(Engine):
         super().__init__(config, table, slots)
         self.device = device
         self.dtype = dtype
-        self.provider = f"{device.type}" + ("" if dtype == torch.float32 else f"/{str(dtype).split('.')[-1]}")
+        self.provider = f"{device.type}" + ("" if dtype == torch.float32 else f"/{dtype_name(dtype)}")
         self.model = model.to(device).eval()
         if compile_model:
             self.model.compile_networks(dynamic=False)  # type: ignore[operator]

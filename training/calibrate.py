@@ -171,7 +171,7 @@ def calibrate(
 
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import halting_key, load_checkpoint
-    from model.precision import resolve_dtype
+    from model.precision import dtype_name, resolve_dtype
     from training.data.sources import load_eval_data
 
     parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n\n")[0])
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_eval_data(args.data, ckpt.config)
     result = {
         "data": args.data,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         **calibrate(ckpt.model, data, args.tolerance, args.limit, args.views, dtype),
     }
     for row in result["sweep"]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model.precision import autocast, resolve_dtype
+from model.precision import autocast, dtype_name, resolve_dtype
 from model.puzzles.augment import vote
 from model.puzzles.dihedral import DIHEDRAL_INVERSE, NUM_DIHEDRAL, dihedral_rows
 from training.data.dataset import PuzzleSet
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)
     else:
         figures = evaluate_views(model, data, args.views, args.halt, threshold=threshold, progress=True, **common)
-    precision = str(dtype).removeprefix("torch.")
+    precision = dtype_name(dtype)
     summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **figures}
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)
