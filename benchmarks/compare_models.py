@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.model import WARMUP_STEPS, Step, cpu_model, timed, torch_step, write_results
 from model.checkpoint import Checkpoint, card_threshold, load_checkpoint, read_card_metrics
+from model.device import resolve_device
 from model.trm import TRM, count_trainable_parameters
 from training import run
 from training.config import Preset, load_preset
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
 
     presets = {"trm": load_preset(args.trm_preset), "hrm": load_preset(args.hrm_preset)}
     for arch, preset in presets.items():

@@ -30,10 +30,11 @@ from typing import Any
 import torch
 
 from benchmarks.model import cpu_model, write_results
+from model.device import resolve_device
 from training.config import Preset, load_preset
 from training.data.dataset import DatasetMeta, PuzzleSet
 from training.data.sources import augmentation_for, build_or_load, fit_to_data
-from training.loop import Trainer, pick_device
+from training.loop import Trainer
 
 log = logging.getLogger("benchmarks.train")
 
@@ -126,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
 
-    device = pick_device(args.device)
     try:
+        device = resolve_device(args.device)
         variants = parse_variants(args.variants, device)
     except ValueError as exc:
         parser.error(str(exc))

@@ -24,12 +24,13 @@ from model.checkpoint import (
     read_card_metrics,
 )
 from model.config import TRMConfig
+from model.device import resolve_device
 from model.precision import resolve_dtype
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import count_trainable_parameters
-from server.engine import Engine, TorchEngine, configure_cpu_threads, resolve_device
+from server.engine import Engine, TorchEngine, configure_cpu_threads
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

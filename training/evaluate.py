@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.device import resolve_device
 from model.precision import autocast, dtype_name, resolve_dtype
 from model.puzzles.augment import vote
 from model.puzzles.dihedral import DIHEDRAL_INVERSE, NUM_DIHEDRAL, dihedral_rows
@@ -277,11 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--views must be 1..{NUM_DIHEDRAL}, got {args.views}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     ckpt = load_checkpoint(args.weights)
     dtype = resolve_dtype(args.dtype, device)
     if args.views != 1 and ckpt.config.family not in ("sudoku", "maze"):

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from model.checkpoint import save_checkpoint
+from model.device import resolve_device
 from model.factory import build_model
 from model.precision import autocast, resolve_dtype
 from model.trm import Carry, count_trainable_parameters, plain_name
@@ -76,14 +77,6 @@ class Distributed:
         return torch.cat(parts)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def summarize(window: list[dict[str, float]]) -> dict[str, float]:
     """Average losses over steps, and accuracies over the samples that halted in the window."""
     halted = sum(s["halted"] for s in window)
@@ -113,7 +106,7 @@ class Trainer:
         self.preset = preset
         self.cfg = preset.train
         self.config = preset.model
-        self.device = device or pick_device()
+        self.device = device or resolve_device()
         self.dist = Distributed.from_env(self.device)
         if self.cfg.global_batch_size % self.dist.world:
             raise ValueError(f"global batch {self.cfg.global_batch_size} not divisible by {self.dist.world} ranks")

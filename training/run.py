@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from model.device import resolve_device
 from model.factory import build_model
 from model.trm import count_trainable_parameters
 from training.config import Preset, available_presets, load_preset
@@ -67,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 def train(preset: Preset, args: argparse.Namespace) -> int:
     # Imported here so a dry run needs neither data builders nor the loop.
     from training.data.sources import augmentation_for, build_or_load, fit_to_data
-    from training.loop import Trainer, pick_device, summarize
+    from training.loop import Trainer, summarize
     from training.metrics import MetricsLog
     from training.state import load_state, save_state
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     run_dir: Path = args.run_dir or Path("runs") / preset.name
     run_dir.mkdir(parents=True, exist_ok=True)
     meta, train_data, test_data = build_or_load(preset)
@@ -78,7 +83,7 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
         preset = fit_to_data(preset, meta)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), pick_device(args.device))
+    trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), device)
     main_rank = trainer.dist.rank == 0
     if args.resume:
         load_state(trainer, run_dir / "state")
