@@ -3,8 +3,8 @@
 Training (`train.dtype`), evaluation (`--dtype`) and the server (`--dtype`) share one rule, so a checkpoint is
 trained, measured and served the same way on the same machine: bf16 autocast on a GPU and on a CPU that does bf16
 arithmetic in hardware, fp32 elsewhere. The rule matters on a CPU because bf16 without hardware support is
-emulated: on an AVX2-only AMD EPYC a compiled training step of the 15x15 maze model (its first, MLP-mixer recipe)
-took about 100 s in bf16 against 5.5 s in fp32 (two threads), while on an AVX512-BF16 EPYC bf16 took 1.65 s.
+emulated: on an AVX2-only AMD EPYC a compiled maze-15x15-cpu training step took about 100 s in bf16 against 5.5 s
+in fp32 (two threads), while on an AVX512-BF16 EPYC bf16 took 1.65 s.
 """
 
 from __future__ import annotations
