@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.precision import dtype_name, resolve_dtype
 from model.puzzles.dihedral import dihedral, inverse_dihedral
 from model.trm import TRM
 from tests.conftest import tiny_config
@@ -211,12 +212,13 @@ def test_cli_prints_a_final_json_line_and_records_metrics(
     ckpt = load_checkpoint(weights)
     data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
     assert data.inputs.shape == (20, 16)
-    result = evaluate_model(ckpt.model, data)
+    auto = resolve_dtype("auto", torch.device("cpu"))  # bf16 on a CPU with bf16 arithmetic, else fp32
+    assert summary["dtype"] == dtype_name(auto)
+    result = evaluate_model(ckpt.model, data, dtype=auto)
     assert summary["cell_accuracy"] == result["adaptive_cell_accuracy"]
     assert summary["mean_steps"] == result["mean_steps"]
     recorded = json.loads((weights / "metrics.json").read_text())
     assert recorded["gen4"]["exact_accuracy"] == summary["exact_accuracy"]
-    assert summary["dtype"] == "float32"  # a CPU computes in fp32 unless asked
 
 
 def test_cli_dtype_bfloat16_runs_the_steps_under_bf16_autocast(
