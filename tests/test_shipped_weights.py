@@ -48,15 +48,15 @@ def test_a_shipped_checkpoint_matches_its_card_and_preset(directory: Path) -> No
 
 @pytest.mark.parametrize("directory", SHIPPED, ids=[d.name for d in SHIPPED])
 def test_a_shipped_checkpoints_preset_trains_in_its_precision(directory: Path) -> None:
-    """A run's precision is an override or the preset's; every shipped run without one was fp32 (CPU, old `auto`).
+    """A run records the precision it trained in; older ones only by an override, and without one were fp32.
 
-    `auto` now means bf16 on a CPU with bf16 hardware, so a preset behind an fp32 checkpoint must pin float32,
+    `auto` means bf16 on a CPU with bf16 hardware, so a preset behind an fp32 checkpoint must pin float32,
     and `auto` is allowed only behind a bf16 one (on a CPU without bf16 it then trains in fp32, as the card says).
     """
     training = shipped(directory).config.training
     assert isinstance(training, dict)
     overrides = dict(o.split("=", 1) for o in training.get("overrides", []))
-    trained_in = overrides.get("train.dtype", "float32")
+    trained_in = training.get("dtype", overrides.get("train.dtype", "float32"))
     in_preset = load_preset(str(training["preset"]), []).train.dtype
     assert in_preset == trained_in or (in_preset, trained_in) == ("auto", "bfloat16"), (in_preset, trained_in)
 

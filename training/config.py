@@ -91,6 +91,10 @@ class TrainConfig:
     """CPU threads for torch (0 = all cores)."""
     save_every_steps: int = 0
     """Write the resumable training state this often (0 = at each evaluation only)."""
+    init_from: str = ""
+    """A checkpoint directory whose weights the run starts from (the reference's `load_checkpoint`): a later
+    stage of a curriculum. Its architecture must equal the preset's; the optimizer and schedule start fresh,
+    the EMA from these weights."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.device import resolve_device
 from model.factory import build_model
-from model.precision import autocast, resolve_dtype
+from model.precision import autocast, dtype_name, resolve_dtype
 from model.trm import Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
@@ -119,6 +119,7 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.config).to(self.device)
+        self.init_record = self._start_from(Path(self.cfg.init_from)) if self.cfg.init_from else None
         self.model.train()
         self.step_fn = self.model.step  # type: ignore[attr-defined]
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
@@ -136,6 +137,21 @@ class Trainer:
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_steps = 0
         self.act = self._fresh_act_state()
+
+    def _start_from(self, directory: Path) -> dict[str, str]:
+        """Copy a checkpoint's weights into the fresh model (before compiling, so the names match); returns what
+        the saved weights record about it. The same shapes are not enough: a different recursion depth or mixer
+        would load silently and train a different model, so the whole architecture must match."""
+        ckpt = load_checkpoint(directory)
+        theirs = {k: v for k, v in ckpt.config.to_dict().items() if k != "training"}
+        mine = {k: v for k, v in self.config.to_dict().items() if k != "training"}
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+            raise CheckpointError(f"{directory}: train.init_from has another architecture than the preset ({detail})")
+        self.model.load_state_dict(ckpt.model.state_dict(), strict=True)
+        log.info("starting from the weights of %s (sha256 %s)", directory, ckpt.sha256[:12])
+        return {"path": str(directory), "sha256": ckpt.sha256}
 
     @property
     def trainable_parameters(self) -> int:
@@ -301,4 +317,9 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
 
     def save_weights(self, directory: Path) -> Path:
-        return save_checkpoint(self.ema_model(), self.config, directory)
+        """The EMA weights, with the precision this sitting trained in: `auto` resolves per machine, so the
+        preset alone does not say how a checkpoint was made."""
+        training = {**self.config.training, "dtype": dtype_name(self.dtype)}
+        if self.init_record:
+            training["init_from"] = self.init_record
+        return save_checkpoint(self.ema_model(), replace(self.config, training=training), directory)

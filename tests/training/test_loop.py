@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint
 from training import loop, run
 from training.config import Preset, load_preset
 from training.data import sudoku
@@ -226,6 +226,7 @@ def test_tiny_run_learns_and_writes_metrics_plot_and_checkpoint(
     ckpt = load_checkpoint(run_dir / "checkpoint")
     assert ckpt.config.seq_len == 16 and ckpt.config.family == "sudoku"
     assert ckpt.config.training["preset"] == "sudoku-4x4-tiny"
+    assert ckpt.config.training["dtype"] == "float32"  # the tiny preset pins it; `auto` would depend on the CPU
     copied = load_checkpoint(out)
     assert copied.sha256 == ckpt.sha256
     assert (out / "training_curves.png").stat().st_size > 0
@@ -316,3 +317,31 @@ def test_bf16_autocast_steps_update_the_weights(tmp_path: Path) -> None:
     for name, p in trainer.model.named_parameters():
         if p.requires_grad and name != "q_head.weight":  # the Q head's weight starts at 0 and may stay tiny
             assert p.dtype == torch.float32 and not torch.equal(p, before[name]), name
+
+
+def test_init_from_starts_at_a_checkpoints_weights_and_records_it(tmp_path: Path) -> None:
+    train = sudoku_4x4(tmp_path)
+    first = Trainer(tiny_preset(tmp_path, "train.seed=1"), train, None, tmp_path / "a", device=torch.device("cpu"))
+    for _ in range(3):
+        first.train_step()
+    source = first.save_weights(tmp_path / "stage1")
+
+    second = Trainer(
+        tiny_preset(tmp_path, f"train.init_from={source}"), train, None, tmp_path / "b", device=torch.device("cpu")
+    )
+    saved = load_checkpoint(source)
+    for name, tensor in saved.model.state_dict().items():  # the EMA copy that was saved, not the seed-0 init
+        assert torch.equal(second.model.state_dict()[name], tensor), name
+    assert second.optimizer.state_dict()["state"] == {}  # a new stage: fresh moments
+    record = load_checkpoint(second.save_weights(tmp_path / "stage2")).config.training["init_from"]
+    assert record == {"path": str(source), "sha256": saved.sha256}
+
+
+def test_init_from_a_checkpoint_of_another_architecture_names_the_file_and_the_difference(tmp_path: Path) -> None:
+    train = sudoku_4x4(tmp_path)
+    other = Trainer(tiny_preset(tmp_path, "model.l_cycles=1"), train, None, tmp_path / "a", device=torch.device("cpu"))
+    source = other.save_weights(tmp_path / "shallow")  # same tensor shapes, another recursion
+    with pytest.raises(CheckpointError, match=r"shallow.*l_cycles: 1 there"):
+        Trainer(
+            tiny_preset(tmp_path, f"train.init_from={source}"), train, None, tmp_path / "b", device=torch.device("cpu")
+        )
