@@ -102,6 +102,7 @@ class Trainer:
         run_dir: Path,
         augment: Augment | None = None,
         device: torch.device | None = None,
+        resuming: bool = False,
     ) -> None:
         self.preset = preset
         self.cfg = preset.train
@@ -119,7 +120,11 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.config).to(self.device)
-        self.init_record = self._start_from(Path(self.cfg.init_from)) if self.cfg.init_from else None
+        # A resumed run takes its weights and this record from the saved state (`load_state`), so the starting
+        # checkpoint may since have moved or been replaced.
+        self.init_record: dict[str, str] | None = None
+        if self.cfg.init_from and not resuming:
+            self.init_record = self._start_from(Path(self.cfg.init_from))
         self.model.train()
         self.step_fn = self.model.step  # type: ignore[attr-defined]
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):

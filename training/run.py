@@ -83,7 +83,7 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
         preset = fit_to_data(preset, meta)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), device)
+    trainer = Trainer(preset, train_data, test_data, run_dir, augmentation_for(meta), device, resuming=args.resume)
     main_rank = trainer.dist.rank == 0
     if args.resume:
         load_state(trainer, run_dir / "state")

@@ -61,6 +61,7 @@ def save_state(trainer: Trainer, directory: Path) -> None:
         "world": trainer.dist.world,
         "optimizer_scalars": scalars,
         "preset": trainer.preset.to_dict(),
+        "init_from": trainer.init_record,
     }
     (directory / "state.json").write_text(json.dumps(meta, indent=2))
 
@@ -106,6 +107,7 @@ def load_state(trainer: Trainer, directory: Path) -> None:
         labels=act["labels"].long(),
         puzzle_ids=act["puzzle_ids"].long(),
     )
+    trainer.init_record = meta.get("init_from")
     trainer.step = meta["step"]
     trainer.stream.epoch = meta["epoch"]
     trainer.stream.offset = meta["offset"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from training.loop import Trainer
 from training.losses import act_loss
 from training.metrics import MetricsLog, curves
 from training.sampler import Batch, BatchStream
+from training.state import load_state, save_state
 
 BATCH = 8
 
@@ -335,6 +337,26 @@ def test_init_from_starts_at_a_checkpoints_weights_and_records_it(tmp_path: Path
     assert second.optimizer.state_dict()["state"] == {}  # a new stage: fresh moments
     record = load_checkpoint(second.save_weights(tmp_path / "stage2")).config.training["init_from"]
     assert record == {"path": str(source), "sha256": saved.sha256}
+
+
+def test_a_resumed_stage_keeps_its_init_record_after_the_starting_checkpoint_is_gone(tmp_path: Path) -> None:
+    """A second stage often ships over the weights it started from; resuming must not need them again."""
+    train = sudoku_4x4(tmp_path)
+    first = Trainer(tiny_preset(tmp_path), train, None, tmp_path / "a", device=torch.device("cpu"))
+    source = first.save_weights(tmp_path / "stage1")
+    sha = load_checkpoint(source).sha256
+    preset = tiny_preset(tmp_path, f"train.init_from={source}")
+    second = Trainer(preset, train, None, tmp_path / "b", device=torch.device("cpu"))
+    second.train_step()
+    save_state(second, tmp_path / "b" / "state")
+    shutil.rmtree(source)
+
+    resumed = Trainer(preset, train, None, tmp_path / "b", device=torch.device("cpu"), resuming=True)
+    load_state(resumed, tmp_path / "b" / "state")
+    for name, tensor in second.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    record = load_checkpoint(resumed.save_weights(tmp_path / "stage2")).config.training["init_from"]
+    assert record == {"path": str(source), "sha256": sha}
 
 
 def test_init_from_a_checkpoint_of_another_architecture_names_the_file_and_the_difference(tmp_path: Path) -> None:
