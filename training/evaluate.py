@@ -1,8 +1,9 @@
-"""Evaluate a checkpoint on held-out puzzles, with adaptive halting and with the reference's fixed 16 steps.
+"""Evaluate a checkpoint on held-out puzzles, with adaptive halting and with a fixed number of steps.
 
     python -m training.evaluate --weights weights/sudoku-9x9 --data generate:sudoku:1000:30:40 [--halt adaptive]
 
-One pass runs every puzzle for `halt_max_steps` steps and records, per puzzle, the answer at the first step
+One pass runs every puzzle for `--max-steps` steps (default: the checkpoint's `halt_max_steps`, the horizon it
+trained with; the reference evaluates at 16) and records, per puzzle, the answer at the first step
 whose halting probability reaches the threshold (adaptive; the checkpoint's calibrated one from
 `training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures come from the
 same computation. The last line of stdout is JSON.
@@ -254,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="adaptive halting probability (default: the one calibrated for --views, else for one view, else 0.5)",
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="supervision steps per puzzle (default: the checkpoint's halt_max_steps); the server's max_steps",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
     parser.add_argument("--device", default="auto")
@@ -276,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.views <= NUM_DIHEDRAL:
         parser.error(f"--views must be 1..{NUM_DIHEDRAL}, got {args.views}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     try:
@@ -291,13 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
     threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights), args.views)
-    common = {"batch_size": args.batch_size, "device": device, "dtype": dtype, "limit": args.limit}
+    max_steps = args.max_steps or ckpt.config.halt_max_steps
+    common = {
+        "batch_size": args.batch_size,
+        "device": device,
+        "dtype": dtype,
+        "limit": args.limit,
+        "max_steps": max_steps,
+    }
     if args.views == 1:
         figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)
     else:
         figures = evaluate_views(model, data, args.views, args.halt, threshold=threshold, progress=True, **common)
     precision = dtype_name(dtype)
-    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, **figures}
+    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, "max_steps": max_steps}
+    summary.update(figures)
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)
     sys.stdout.write(json.dumps(summary) + "\n")

@@ -124,6 +124,7 @@ def evaluate_arc(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    max_steps: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Grid]]]]:
     """Score `tasks` and build their submission.
 
@@ -135,6 +136,7 @@ def evaluate_arc(
         max_variants: variants per task at most in known mode (0 = every trained one).
         adapt: adaptation settings (adapt mode).
         halt: vote the answers at the adaptive halting step, or after the last step (the reference).
+        max_steps: supervision steps per variant (default: the checkpoint's halt_max_steps).
 
     Returns:
         The summary (pass@1, pass@2, per-variant exact and cell accuracy, mean steps, ...) and the submission.
@@ -195,7 +197,9 @@ def evaluate_arc(
         hidden = config.hidden_size
         runner.puzzle_emb = torch.cat([torch.zeros(1, hidden, device=device), *fitted])
     data = rows.puzzle_set(side)
-    result = evaluate_model(runner, data, batch_size, device, dtype=dtype, progress=progress, keep_predictions=True)
+    result = evaluate_model(
+        runner, data, batch_size, device, max_steps, dtype=dtype, progress=progress, keep_predictions=True
+    )
     preds = result["adaptive_predictions"] if halt == "adaptive" else result["predictions"]
     probs = result["adaptive_q"] if halt == "adaptive" else result["q"]
 
@@ -302,6 +306,7 @@ def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dt
         device=device,
         dtype=dtype,
         progress=True,
+        max_steps=args.max_steps,
     )
     summary = {"weights": str(weights), "data": args.data, **summary}
     if args.submission:

@@ -44,12 +44,12 @@ def inputs_for(n: int = N) -> np.ndarray:
 
 
 @torch.no_grad()
-def manual_steps(model: TRM, inputs: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Predictions and halting logits after each of the `halt_max_steps` steps, from a fresh carry."""
+def manual_steps(model: TRM, inputs: np.ndarray, steps: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Predictions and halting logits after each of `steps` (default `halt_max_steps`) steps, from a fresh carry."""
     x = torch.as_tensor(inputs).long()
     carry = model.initial_carry(len(x))
     preds, qs = [], []
-    for _ in range(model.config.halt_max_steps):
+    for _ in range(steps or model.config.halt_max_steps):
         out = model.step(carry, x)
         carry = out.carry
         preds.append(out.logits.argmax(-1).numpy().astype(np.uint8))
@@ -233,6 +233,26 @@ def test_cli_dtype_bfloat16_runs_the_steps_under_bf16_autocast(
     data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
     result = evaluate_model(ckpt.model, data, dtype=torch.bfloat16)
     assert summary["cell_accuracy"] == result["cell_accuracy"]
+
+
+def test_cli_max_steps_runs_past_the_trained_horizon_and_rejects_zero(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ckpt = load_checkpoint(weights)
+    steps = ckpt.config.halt_max_steps + 3
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:20:6:10", "--device", "cpu", "--halt", "never"]
+    assert evaluate.main([*argv, "--dtype", "float32", "--max-steps", str(steps)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["max_steps"] == steps and summary["mean_steps"] == steps
+    data = load_eval_data("generate:sudoku:20:6:10", ckpt.config)
+    preds, _ = manual_steps(ckpt.model, data.inputs, steps)
+    right = (preds[-1] == data.labels).sum()
+    assert summary["cell_accuracy"] == right / data.labels.size
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([*argv, "--max-steps", "0"])
+    assert exit_info.value.code == 2
+    assert "--max-steps must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_views_votes_and_rejects_counts_outside_the_eight_symmetries(
