@@ -123,10 +123,18 @@ def halting_key(views: int = 1) -> str:
     return "halting" if views == 1 else f"halting_views{views}"
 
 
-def _stored_threshold(card: dict[str, object], key: str) -> float | None:
-    halting = card.get(key)
-    value = halting.get("threshold") if isinstance(halting, dict) else None
+def _threshold(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and 0 < value < 1 else None
+
+
+def _halting_record(card: dict[str, object], views: int) -> dict[str, object] | None:
+    """The calibration that applies to answers voted over `views` symmetries: that many views' own when the card
+    has one, else the single view's; None when neither holds a usable threshold."""
+    for key in dict.fromkeys((halting_key(views), halting_key())):
+        record = card.get(key)
+        if isinstance(record, dict) and _threshold(record.get("threshold")) is not None:
+            return record
+    return None
 
 
 def card_threshold(card: dict[str, object], views: int = 1) -> float:
@@ -136,8 +144,14 @@ def card_threshold(card: dict[str, object], views: int = 1) -> float:
     halted too early, so it can be lower than the single view's (maze-9x9: 0.6 against 0.8 for the same 8-view
     accuracy, a sixth fewer steps). Without one the single view's threshold applies.
     """
-    for key in dict.fromkeys((halting_key(views), halting_key())):
-        value = _stored_threshold(card, key)
-        if value is not None:
-            return value
-    return DEFAULT_HALT_THRESHOLD
+    record = _halting_record(card, views)
+    threshold = _threshold(record.get("threshold")) if record else None
+    return threshold if threshold is not None else DEFAULT_HALT_THRESHOLD
+
+
+def card_max_steps(card: dict[str, object], views: int = 1) -> int | None:
+    """The step limit the applying threshold was calibrated with (`training.calibrate --max-steps`), or None:
+    then the checkpoint's `halt_max_steps`. A threshold and the horizon it was swept over go together."""
+    record = _halting_record(card, views)
+    value = record.get("max_steps") if record is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None

@@ -18,6 +18,7 @@ from model.checkpoint import (
     CONFIG_FILE,
     Checkpoint,
     CheckpointError,
+    card_max_steps,
     card_threshold,
     halting_key,
     load_checkpoint,
@@ -46,6 +47,7 @@ class ModelEntry:
     identifiers: list[str] = field(default_factory=list)
     """Puzzle-id names (ARC task variants); index = row of the puzzle table."""
     threshold_override: float | None = None
+    max_steps_override: int = 0
 
     @property
     def config(self) -> TRMConfig:
@@ -65,6 +67,13 @@ class ModelEntry:
         when the card has it (`training.calibrate --views`), else the single view's."""
         return self.threshold_override or card_threshold(self.card, views)
 
+    def max_steps_for(self, views: int) -> int:
+        """Steps a request runs when it does not say: the settings' default when set, else the horizon the
+        applying threshold was calibrated over (`training.calibrate --max-steps`), else `halt_max_steps`. A model
+        may keep improving past the horizon it trained with (maze-15x15: 36% exact at 8 steps, 41% at 16), and
+        with adaptive halting only the puzzles it is unsure of use the extra steps."""
+        return self.max_steps_override or card_max_steps(self.card, views) or self.config.halt_max_steps
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -78,6 +87,7 @@ class ModelEntry:
             "backend": self.engine.backend,
             "provider": self.engine.provider,
             "halt_threshold": self.halt_threshold,
+            "max_steps": self.max_steps_for(1),
             "halt_threshold_by_views": {  # the view counts calibrated apart; others use halt_threshold
                 str(k): self.halt_threshold_for(k) for k in range(2, NUM_DIHEDRAL + 1) if halting_key(k) in self.card
             },
@@ -129,6 +139,7 @@ class Registry:
                     card=read_card_metrics(path),
                     identifiers=_identifiers(path),
                     threshold_override=self.settings.halt_threshold,
+                    max_steps_override=self.settings.default_max_steps,
                 )
                 entry.engine.warm_up()
             except (CheckpointError, ValueError, OSError) as exc:

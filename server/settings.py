@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     queue_capacity: int = Field(1024, ge=1)
     """Puzzles waiting per model before new ones get 503."""
     default_max_steps: int = Field(0, ge=0)
-    """Supervision steps when a request does not say; 0 = the model's halt_max_steps."""
+    """Supervision steps when a request does not say; 0 = the model's calibrated horizon, else its halt_max_steps."""
     default_views: int = Field(1, ge=1, le=8)
     """Symmetries of the square a Sudoku or maze is solved under when a request does not say (`views`); 8 votes
     over all of them for the most accurate answers at 8 times the compute."""

@@ -100,7 +100,6 @@ class Solver:
         limit = self.settings.max_steps_limit
         if req.max_steps is not None and req.max_steps > limit:
             raise ApiError(422, "invalid_request", f"max_steps is {req.max_steps}, at most {limit}", "max_steps")
-        max_steps = req.max_steps or self.settings.default_max_steps or entry.config.halt_max_steps
         deadline = arrived + self.settings.request_timeout_s
 
         raw = req.task if req.puzzle == "arc" else req.grid
@@ -120,6 +119,7 @@ class Solver:
             return self._prepare_arc(req, entry, puzzle, arrived)
         tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
         views = req.views or self.settings.default_views
+        max_steps = req.max_steps or entry.max_steps_for(views)
         jobs = [
             Job(
                 tokens=turn(tokens, tid),
@@ -156,7 +156,7 @@ class Solver:
         plan, req, entry = prep.arc, prep.request, prep.entry
         assert plan is not None and plan.vectors is not None
         tokens, prep.job_keys = variant_test_inputs(prep.puzzle, plan.variants, entry.codec.side)  # type: ignore[attr-defined]
-        max_steps = req.max_steps or self.settings.default_max_steps or entry.config.halt_max_steps
+        max_steps = req.max_steps or entry.max_steps_for(1)
         prep.jobs = [
             Job(
                 tokens=row.astype(np.int64),

@@ -2,11 +2,11 @@
 
     python -m training.evaluate --weights weights/sudoku-9x9 --data generate:sudoku:1000:30:40 [--halt adaptive]
 
-One pass runs every puzzle for `--max-steps` steps (default: the checkpoint's `halt_max_steps`, the horizon it
-trained with; the reference evaluates at 16) and records, per puzzle, the answer at the first step
-whose halting probability reaches the threshold (adaptive; the checkpoint's calibrated one from
-`training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures come from the
-same computation. The last line of stdout is JSON.
+One pass runs every puzzle for `--max-steps` steps (default: the horizon the card's threshold was calibrated
+over, else the checkpoint's `halt_max_steps`, as the server does; the reference evaluates at 16) and records, per
+puzzle, the answer at the first step whose halting probability reaches the threshold (adaptive; the checkpoint's
+calibrated one from `training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures
+come from the same computation. The last line of stdout is JSON.
 
 `--views K` also runs each Sudoku or maze under the first K of the square's 8 symmetries (a rotated or mirrored
 puzzle is still a puzzle of the same kind, and training saw all 8), maps every answer back and takes the one most
@@ -237,7 +237,7 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.checkpoint import card_threshold, load_checkpoint, read_card_metrics
+    from model.checkpoint import card_max_steps, card_threshold, load_checkpoint, read_card_metrics
     from training.data.sources import load_eval_data
     from training.evaluate_arc import add_arc_arguments, run_arc
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-steps",
         type=int,
-        help="supervision steps per puzzle (default: the checkpoint's halt_max_steps); the server's max_steps",
+        help="supervision steps per puzzle (default: the card's calibrated horizon, else halt_max_steps)",
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N puzzles")
@@ -298,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
-    threshold = args.halt_threshold or card_threshold(read_card_metrics(args.weights), args.views)
-    max_steps = args.max_steps or ckpt.config.halt_max_steps
+    card = read_card_metrics(args.weights)
+    threshold = args.halt_threshold or card_threshold(card, args.views)
+    max_steps = args.max_steps or card_max_steps(card, args.views) or ckpt.config.halt_max_steps
     common = {
         "batch_size": args.batch_size,
         "device": device,

@@ -252,7 +252,7 @@ function describeModel() {
     $("#max-steps").placeholder = "model default";
     return;
   }
-  const steps = m.config && m.config.halt_max_steps;
+  const steps = m.max_steps;
   $("#max-steps").placeholder = steps ? `model default (${steps})` : "model default";
   const card = m.card || {};
   const acc = Object.entries(card).find(([k, v]) => /acc/i.test(k) && typeof v === "number");
@@ -379,7 +379,7 @@ async function solve() {
   const model = selectedModel();
   state.run = {
     kind: state.kind, input: request.input, steps: [], result: null, error: null, controller,
-    maxSteps: request.body.max_steps || (model && model.config ? model.config.halt_max_steps : 0),
+    maxSteps: request.body.max_steps || (model ? model.max_steps : 0),
     views: request.body.views || 1,
     threshold: modelThreshold(model, request.body.views || 1),
   };

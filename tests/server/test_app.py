@@ -222,6 +222,24 @@ def test_a_threshold_calibrated_for_voting_applies_to_requests_with_that_many_vi
         assert solve(client, puzzle="sudoku", grid=grid, max_steps=4, views=4).json()["steps_used"] == 4  # not 4's
 
 
+@pytest.mark.parametrize(("default", "steps"), [(0, 7), (3, 3)])
+def test_requests_without_max_steps_run_to_the_calibrated_horizon_unless_the_settings_set_one(
+    tmp_path: Path, default: int, steps: int
+) -> None:
+    # sigmoid(5) = 0.993 never reaches the card's 0.999, so every request runs to its step limit.
+    ckpt = write_checkpoint(tmp_path / "halts", "sudoku", 81, seed=4, q_halt_bias=5.0)  # halt_max_steps 6
+    card = {"halting": {"threshold": 0.999, "max_steps": 7}, "halting_views8": {"threshold": 0.999}}
+    (ckpt / "metrics.json").write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(tmp_path, default_max_steps=default))) as client:
+        assert client.get("/models").json()["models"][0]["max_steps"] == steps
+        grid = sudoku_puzzle()
+        body = solve(client, puzzle="sudoku", grid=grid).json()
+        assert body["steps_used"] == steps and body["halted_by"] == "max_steps"
+        assert solve(client, puzzle="sudoku", grid=grid, max_steps=2).json()["steps_used"] == 2
+        # 8 views take their own calibration, swept over the trained horizon.
+        assert solve(client, puzzle="sudoku", grid=grid, views=8).json()["steps_used"] == (default or 6)
+
+
 def test_stream_sends_one_step_event_per_step_then_the_result(client: TestClient) -> None:
     with client.stream("POST", "/solve", json={"puzzle": "maze", "grid": MAZE_10, "stream": True}) as response:
         assert response.status_code == 200

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import card_threshold, save_checkpoint
+from model.checkpoint import card_max_steps, card_threshold, save_checkpoint
 from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
 from training.calibrate import choose, sweep, sweep_views, trace, trace_views
@@ -133,3 +133,34 @@ def test_cli_stores_the_threshold_in_the_card_and_the_card_reader_returns_it(
 @pytest.mark.parametrize("card", [{}, {"halting": {"threshold": 1.5}}, {"halting": "0.9"}, {"halting": {}}])
 def test_card_threshold_falls_back_to_the_reference_rule(card: dict[str, object]) -> None:
     assert card_threshold(card) == 0.5
+
+
+def test_cli_max_steps_sweeps_past_the_trained_horizon_and_stores_it_with_the_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    steps = model.config.halt_max_steps + 3
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+    assert calibrate.main([*argv, "--max-steps", str(steps)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["max_steps"] == steps
+    assert max(row["mean_steps"] for row in printed["sweep"]) > model.config.halt_max_steps  # some ran past it
+    card = json.loads((weights / "metrics.json").read_text())
+    assert card_max_steps(card) == steps and card_max_steps(card, 8) == steps  # 8 views fall back to one view's
+    assert calibrate.main([*argv, "--views", "8"]) == 0
+    card = json.loads((weights / "metrics.json").read_text())
+    assert card_max_steps(card, 8) == model.config.halt_max_steps  # its own calibration, at the trained horizon
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        {},
+        {"halting": {"threshold": 0.9}},
+        {"halting": {"threshold": 1.5, "max_steps": 9}},
+        {"halting": {"threshold": 0.9, "max_steps": True}},
+    ],
+)
+def test_card_max_steps_is_none_without_a_usable_calibrated_horizon(card: dict[str, object]) -> None:
+    assert card_max_steps(card) is None
