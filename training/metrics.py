@@ -18,11 +18,18 @@ PLOTTED = [
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, append: bool = False) -> None:
+    """`resume_step` keeps an existing log up to that step: a run resumed from its last save repeats the steps
+    logged after it, and their first lines would otherwise stay beside the repeats. Without it the log starts
+    empty."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.plot_path = run_dir / "metrics.png"
-        if not append and self.path.exists():
-            self.path.unlink()
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            kept = [r for r in self.records() if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as fh:

@@ -88,7 +88,7 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     if args.resume:
         load_state(trainer, run_dir / "state")
         log.info("resumed at step %d", trainer.step)
-    metrics = MetricsLog(run_dir, append=args.resume)
+    metrics = MetricsLog(run_dir, resume_step=trainer.step if args.resume else None)
     if main_rank:
         (run_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
         log.info(

@@ -309,6 +309,18 @@ def test_plot_draws_per_side_curves_of_mixed_size_evaluations(tmp_path: Path) ->
     assert log.plot_path.stat().st_size > 0
 
 
+def test_a_resumed_log_drops_the_lines_after_the_saved_step_and_a_fresh_one_starts_empty(tmp_path: Path) -> None:
+    first = MetricsLog(tmp_path)
+    for step in (25, 50, 75):  # saved at 50; 75 was logged before the run stopped
+        first.write({"kind": "train", "step": step, "lm_loss": 1.0 / step})
+    first.write({"kind": "eval", "step": 50, "exact_accuracy": 0.5})
+    resumed = MetricsLog(tmp_path, resume_step=50)
+    assert [(r["kind"], r["step"]) for r in resumed.records()] == [("train", 25), ("train", 50), ("eval", 50)]
+    resumed.write({"kind": "train", "step": 75, "lm_loss": 0.01})
+    assert [r["step"] for r in resumed.records() if r["kind"] == "train"] == [25, 50, 75]
+    assert MetricsLog(tmp_path).records() == []
+
+
 def test_bf16_autocast_steps_update_the_weights(tmp_path: Path) -> None:
     # The GPU default; on a CPU with AMX it is also twice as fast as fp32 (benchmarks.train).
     preset = tiny_preset(tmp_path, "train.dtype=bfloat16")
