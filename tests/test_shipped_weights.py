@@ -49,6 +49,7 @@ def test_a_shipped_checkpoint_matches_its_card_and_preset(directory: Path) -> No
 @pytest.mark.parametrize("directory", SHIPPED, ids=[d.name for d in SHIPPED])
 def test_a_shipped_checkpoints_preset_trains_in_its_precision(directory: Path) -> None:
     """A run records the precision it trained in; older ones only by an override, and without one were fp32.
+    A run resumed on other machines records the steps of each precision, and the one most steps ran in counts.
 
     `auto` means bf16 on a CPU with bf16 hardware, so a preset behind an fp32 checkpoint must pin float32,
     and `auto` is allowed only behind a bf16 one (on a CPU without bf16 it then trains in fp32, as the card says).
@@ -57,6 +58,8 @@ def test_a_shipped_checkpoints_preset_trains_in_its_precision(directory: Path) -
     assert isinstance(training, dict)
     overrides = dict(o.split("=", 1) for o in training.get("overrides", []))
     trained_in = training.get("dtype", overrides.get("train.dtype", "float32"))
+    if steps := training.get("steps_by_dtype"):
+        trained_in = max(steps, key=steps.get)
     in_preset = load_preset(str(training["preset"]), []).train.dtype
     assert in_preset == trained_in or (in_preset, trained_in) == ("auto", "bfloat16"), (in_preset, trained_in)
 

@@ -139,6 +139,8 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.eval_every = self.cfg.eval_every_steps or self.cfg.eval_interval * self.steps_per_epoch
         self.step = 0
+        # Steps per precision over all sittings: `auto` resolves per machine, and a resumed run may change it.
+        self.steps_by_dtype: dict[str, int] = {}
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_steps = 0
         self.act = self._fresh_act_state()
@@ -272,6 +274,8 @@ class Trainer:
                 halted = torch.ones_like(halted)  # a non-finite carry must not feed the next step: start afresh
         self.act = ACTState(out.carry, steps, halted, inputs, labels, ids)
         self.step += 1
+        precision = dtype_name(self.dtype)
+        self.steps_by_dtype[precision] = self.steps_by_dtype.get(precision, 0) + 1
 
         # Metrics over halted slots (the reference's convention), summed across ranks.
         hf = halted.float()
@@ -322,9 +326,9 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
 
     def save_weights(self, directory: Path) -> Path:
-        """The EMA weights, with the precision this sitting trained in: `auto` resolves per machine, so the
-        preset alone does not say how a checkpoint was made."""
-        training = {**self.config.training, "dtype": dtype_name(self.dtype)}
+        """The EMA weights, with the precision this sitting trained in and the steps each precision ran over
+        the whole run: `auto` resolves per machine, so the preset alone does not say how a checkpoint was made."""
+        training = {**self.config.training, "dtype": dtype_name(self.dtype), "steps_by_dtype": self.steps_by_dtype}
         if self.init_record:
             training["init_from"] = self.init_record
         return save_checkpoint(self.ema_model(), replace(self.config, training=training), directory)

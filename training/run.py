@@ -88,8 +88,8 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     if args.resume:
         load_state(trainer, run_dir / "state")
         log.info("resumed at step %d", trainer.step)
-    metrics = MetricsLog(run_dir, resume_step=trainer.step if args.resume else None)
-    if main_rank:
+    if main_rank:  # the only rank that writes the log, so the only one that may trim it
+        metrics = MetricsLog(run_dir, resume_step=trainer.step if args.resume else None)
         (run_dir / "preset.json").write_text(json.dumps(preset.to_dict(), indent=2))
         log.info(
             "%s: %d trainable parameters, %d train examples, %d steps (%d per epoch), eval every %d",

@@ -62,6 +62,7 @@ def save_state(trainer: Trainer, directory: Path) -> None:
         "optimizer_scalars": scalars,
         "preset": trainer.preset.to_dict(),
         "init_from": trainer.init_record,
+        "steps_by_dtype": trainer.steps_by_dtype,
     }
     (directory / "state.json").write_text(json.dumps(meta, indent=2))
 
@@ -109,5 +110,7 @@ def load_state(trainer: Trainer, directory: Path) -> None:
     )
     trainer.init_record = meta.get("init_from")
     trainer.step = meta["step"]
+    # A state saved before the count existed says nothing of its steps' precision.
+    trainer.steps_by_dtype = dict(meta.get("steps_by_dtype", {"unrecorded": meta["step"]}))
     trainer.stream.epoch = meta["epoch"]
     trainer.stream.offset = meta["offset"]

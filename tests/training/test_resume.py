@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import load_checkpoint
 from training.config import load_preset
 from training.data import sudoku
 from training.data.dataset import PuzzleSet, load_split
@@ -119,3 +121,41 @@ def test_state_moves_between_compiled_and_eager_models(tmp_path: Path) -> None:
         shadow = {k.replace("_orig_mod.", ""): v for k, v in moved.ema.shadow.items()}
         for key, value in eager.ema.shadow.items():
             assert torch.equal(value, shadow[key]), f"ema {key}"
+
+
+def test_a_checkpoint_counts_the_steps_of_each_precision_across_sittings(tmp_path: Path) -> None:
+    """`auto` resolves per machine, so a run resumed elsewhere may change precision; the checkpoint says how much
+    of it ran in each, and a state saved before the count existed reports its steps as unrecorded."""
+    data = three_id_sudoku(tmp_path)
+
+    def trainer(dtype: str) -> Trainer:
+        preset = load_preset(
+            "sudoku-4x4-tiny",
+            [
+                f"data.cache_dir={tmp_path / 'data'}",
+                f"train.global_batch_size={BATCH}",
+                f"train.dtype={dtype!r}",
+                "model.num_puzzle_ids=3",
+            ],
+        )
+        return Trainer(preset, data, None, tmp_path / "run", sudoku.augment_batch, torch.device("cpu"))
+
+    first = trainer("float32")
+    for _ in range(FIRST):
+        first.train_step()
+    save_state(first, tmp_path / "state")
+    second = trainer("bfloat16")
+    load_state(second, tmp_path / "state")
+    for _ in range(2):
+        second.train_step()
+    training = load_checkpoint(second.save_weights(tmp_path / "weights")).config.training
+    assert training["dtype"] == "bfloat16"
+    assert training["steps_by_dtype"] == {"float32": FIRST, "bfloat16": 2}
+
+    meta = json.loads((tmp_path / "state" / "state.json").read_text())
+    del meta["steps_by_dtype"]
+    (tmp_path / "state" / "state.json").write_text(json.dumps(meta))
+    legacy = trainer("float32")
+    load_state(legacy, tmp_path / "state")
+    legacy.train_step()
+    assert legacy.steps_by_dtype == {"unrecorded": FIRST, "float32": 1}
