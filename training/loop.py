@@ -117,6 +117,7 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.dist.world))
         self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+        self.precision = dtype_name(self.dtype)  # what `auto` resolved to: recorded with the weights
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.config).to(self.device)
@@ -274,8 +275,7 @@ class Trainer:
                 halted = torch.ones_like(halted)  # a non-finite carry must not feed the next step: start afresh
         self.act = ACTState(out.carry, steps, halted, inputs, labels, ids)
         self.step += 1
-        precision = dtype_name(self.dtype)
-        self.steps_by_dtype[precision] = self.steps_by_dtype.get(precision, 0) + 1
+        self.steps_by_dtype[self.precision] = self.steps_by_dtype.get(self.precision, 0) + 1
 
         # Metrics over halted slots (the reference's convention), summed across ranks.
         hf = halted.float()
@@ -328,7 +328,7 @@ class Trainer:
     def save_weights(self, directory: Path) -> Path:
         """The EMA weights, with the precision this sitting trained in and the steps each precision ran over
         the whole run: `auto` resolves per machine, so the preset alone does not say how a checkpoint was made."""
-        training = {**self.config.training, "dtype": dtype_name(self.dtype), "steps_by_dtype": self.steps_by_dtype}
+        training = {**self.config.training, "dtype": self.precision, "steps_by_dtype": self.steps_by_dtype}
         if self.init_record:
             training["init_from"] = self.init_record
         return save_checkpoint(self.ema_model(), replace(self.config, training=training), directory)
