@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 Family = Literal["sudoku", "maze", "arc"]
 Arch = Literal["trm", "hrm"]
-Mixer = Literal["attention", "mlp"]
+Mixer = Literal["attention", "mlp", "conv"]
 Position = Literal["rope", "learned", "none"]
 
 FAMILIES = ("sudoku", "maze", "arc")
@@ -48,7 +48,9 @@ class TRMConfig:
     l_cycles: int = 6
     """n: latent updates of z per recursion before y is updated."""
     mixer: Mixer = "attention"
-    """Token mixing: self-attention, or the MLP across the sequence axis (the paper's TRM-MLP for Sudoku)."""
+    """Token mixing: self-attention, the MLP across the sequence axis (the paper's TRM-MLP for Sudoku), or `conv`:
+    a depthwise 3x3 convolution over the H x W grid with no position anywhere (`model.layers.LocalMixer`), so one
+    set of weights runs on any grid size; `seq_len` is then only the square canvas it was trained on."""
     pos_encodings: Position = "rope"
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
@@ -81,7 +83,15 @@ class TRMConfig:
         need(self.expansion > 0, "expansion must be positive")
         need(self.num_layers >= 1, "num_layers must be >= 1")
         need(self.h_cycles >= 1 and self.l_cycles >= 1, "h_cycles (T) and l_cycles (n) must be >= 1")
-        need(self.mixer in ("attention", "mlp"), f"mixer {self.mixer!r} must be 'attention' or 'mlp'")
+        need(self.mixer in ("attention", "mlp", "conv"), f"mixer {self.mixer!r} must be 'attention', 'mlp' or 'conv'")
+        need(
+            self.mixer != "conv" or self.pos_encodings == "none",
+            "mixer 'conv' needs pos_encodings 'none': a position table or RoPE would tie it to one grid size",
+        )
+        need(
+            self.mixer != "conv" or math.isqrt(self.seq_len) ** 2 == self.seq_len,
+            "mixer 'conv' needs a square seq_len (the H x W canvas of flat inputs is read as a square)",
+        )
         need(self.pos_encodings in ("rope", "learned", "none"), f"pos_encodings {self.pos_encodings!r} unknown")
         need(self.halt_max_steps >= 1, "halt_max_steps must be >= 1")
         need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob must be in [0, 1]")

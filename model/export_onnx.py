@@ -3,11 +3,13 @@
     python -m model.export_onnx WEIGHTS_DIR [--out FILE] [--opset N] [--exporter dynamo|torchscript]
 
 The graph is `TRM.step` with the puzzle vector as an input: (inputs, puzzle_vectors, y, z) -> (y_out, z_out,
-logits, q_halt, q_continue), batch axis dynamic. The step, not the whole 16-step loop, is exported because the
-server's scheduler runs one step per tick over changing slots and halts each puzzle on its own. The puzzle table
-stays out of the graph (the server looks rows up; ARC tables have ~1M rows), and so do y_init/z_init (the caller
-resets slots). In eval mode under no_grad the T-1 gradient-free recursions are plain ops, so the graph is simply
-the unrolled h_cycles x (l_cycles + 1) network calls sharing one set of weight initializers.
+logits, q_halt, q_continue), batch axis dynamic. A `conv` model (size-agnostic) takes inputs (B, H, W) with H and W
+dynamic too, and y/z of (B, prefix + H*W, D): one file serves every grid size. The step, not the whole 16-step
+loop, is exported because the server's scheduler runs one step per tick over changing slots and halts each puzzle
+on its own. The puzzle table stays out of the graph (the server looks rows up; ARC tables have ~1M rows), and so
+do y_init/z_init (the caller resets slots). In eval mode under no_grad the T-1 gradient-free recursions are plain
+ops, so the graph is simply the unrolled h_cycles x (l_cycles + 1) network calls sharing one set of weight
+initializers.
 
 Exporter: the torch.export-based exporter (`dynamo=True`, torch's default since 2.9, needs onnxscript) handles
 the Rotary buffers (folded to constants), SDPA (decomposed to MatMul/Softmax) and the in-place prefix write
@@ -66,13 +68,24 @@ def _as_trm(model: nn.Module) -> TRM:
     return model
 
 
-def example_inputs(model: TRM, batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
-    """Random tokens and puzzle vectors with a carry near the initial state: what a real step sees."""
+def example_inputs(
+    model: TRM, batch_size: int, generator: torch.Generator | None = None, grid: tuple[int, int] | None = None
+) -> tuple[Tensor, ...]:
+    """Random tokens and puzzle vectors with a carry near the initial state: what a real step sees.
+
+    `grid` (H, W) gives a `conv` model (B, H, W) inputs; it defaults to a 5x7 grid for them, distinct sides so
+    the export does not tie H to W, and to flat (B, seq_len) inputs for every other mixer.
+    """
     cfg = model.config
     device = model.y_init.device
-    tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.seq_len), generator=generator)
+    if cfg.mixer == "conv":
+        grid = grid or (5, 7)
+        shape: tuple[int, ...] = (batch_size, *grid)
+    else:
+        shape = (batch_size, cfg.seq_len)
+    tokens = torch.randint(0, cfg.vocab_size, shape, generator=generator)
     vectors = torch.randn(batch_size, cfg.hidden_size, generator=generator)
-    carry = model.initial_carry(batch_size, device=device)
+    carry = model.initial_carry(batch_size, device=device, num_tokens=tokens[0].numel())
     noise = 0.1 * torch.randn((2, *carry.y.shape), generator=generator).to(device)
     return tokens.to(device), vectors.to(device), carry.y + noise[0], carry.z + noise[1]
 
@@ -91,6 +104,9 @@ def export_step(model: nn.Module, path: str | Path, opset: int | None = None, ex
         The path written.
     """
     trm = _as_trm(model)
+    if trm.config.mixer == "conv" and exporter == "torchscript":
+        # Its tracer records the grid's H and W as constants: the file would serve one size only.
+        raise ValueError("a 'conv' model exports with exporter='dynamo' only (torchscript would fix H and W)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Batch 2, not 1: torch.export specialises size-1 dimensions, which would pin the batch axis to 1.
@@ -107,6 +123,13 @@ def export_step(model: nn.Module, path: str | Path, opset: int | None = None, ex
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch")
+                dynamic: tuple[dict[int, Any], ...] = tuple({0: batch} for _ in INPUTS)
+                if trm.config.mixer == "conv":
+                    # H and W are free; the carry's length (prefix + H*W) follows from them, which AUTO lets
+                    # torch.export derive rather than a Dim we would have to relate by hand.
+                    height, width = torch.export.Dim("height", min=2), torch.export.Dim("width", min=2)
+                    auto = torch.export.Dim.AUTO
+                    dynamic = ({0: batch, 1: height, 2: width}, {0: batch}, {0: batch, 1: auto}, {0: batch, 1: auto})
                 torch.onnx.export(
                     graph,
                     args,
@@ -114,7 +137,7 @@ def export_step(model: nn.Module, path: str | Path, opset: int | None = None, ex
                     dynamo=True,
                     input_names=list(INPUTS),
                     output_names=list(OUTPUTS),
-                    dynamic_shapes=tuple({0: batch} for _ in INPUTS),
+                    dynamic_shapes=dynamic,
                     opset_version=opset,
                     external_data=False,  # one file: models are MBs, and consumers copy or cache a single path
                     optimize=True,
@@ -199,6 +222,7 @@ def check_export(
     steps: int = 4,
     atol: float = 1e-4,
     session: Any = None,
+    grids: Sequence[tuple[int, int]] | None = None,
 ) -> float:
     """Run the exported step and the torch step side by side and return the largest absolute difference.
 
@@ -207,7 +231,8 @@ def check_export(
     step from the SAME carry: free-running chains are no use as a test, because an untrained model is chaotic
     (a 1e-6 nudge of y grows to ~3e-2 in 16 steps in torch alone), so they would measure the model, not the
     export. Every output (y, z, logits, q_halt, q_continue) is compared; a difference above `atol` is accepted
-    only if it is within 5x of the model's own fp32 noise floor (`rounding_sensitivity`). Otherwise raises
+    only if it is within 5x of the model's own fp32 noise floor (`rounding_sensitivity`). A `conv` model is checked
+    on each of `grids` (H, W), by default two shapes other than the exported one. Otherwise raises
     RuntimeError naming the difference, output, batch and step: a graph that disagrees must not be served.
     """
     trm = _as_trm(model)
@@ -217,8 +242,11 @@ def check_export(
     generator = torch.Generator().manual_seed(1234)
     worst, floor = 0.0, 0.0
     try:
-        for batch_size in batch_sizes:
-            tokens, vectors, y, z = example_inputs(trm, batch_size, generator)
+        shapes: Sequence[tuple[int, int] | None] = [None]
+        if trm.config.mixer == "conv":
+            shapes = list(grids or [(9, 9), (6, 11)])
+        for grid, batch_size in [(g, b) for g in shapes for b in batch_sizes]:
+            tokens, vectors, y, z = example_inputs(trm, batch_size, generator, grid)
             feeds = {"inputs": tokens.cpu().numpy(), "puzzle_vectors": vectors.cpu().numpy()}
             y_np, z_np = y.cpu().numpy(), z.cpu().numpy()
             for step in range(steps):
@@ -239,7 +267,7 @@ def check_export(
                             raise RuntimeError(
                                 f"{path}: ONNX step does not reproduce the torch step: max abs diff {diff:.3g} > "
                                 f"{atol:g} and > 5x the fp32 noise floor {tol:.3g} "
-                                f"(output {name}, batch {batch_size}, step {step + 1})"
+                                f"(output {name}, batch {batch_size}, grid {grid}, step {step + 1})"
                             )
                 worst = max(worst, *diffs)
                 y_np, z_np = got[0], got[1]

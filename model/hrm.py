@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.layers import ReasoningNet
+from model.layers import Grid, ReasoningNet
 from model.trm import TRM
 
 
@@ -28,16 +28,16 @@ class HRM(TRM):
         """HRM halts when q_halt > q_continue, i.e. when their difference is positive."""
         return q_halt - q_continue
 
-    def deep_recursion(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def deep_recursion(self, x: Tensor, y: Tensor, z: Tensor, grid: Grid | None = None) -> tuple[Tensor, Tensor]:
         """H_cycles x (L_cycles f_L updates, then one f_H update); gradient only through the last of each."""
         cfg = self.config
         with torch.no_grad():
             for h in range(cfg.h_cycles):
                 for i in range(cfg.l_cycles):
                     if not (h == cfg.h_cycles - 1 and i == cfg.l_cycles - 1):
-                        z = self.l_net(z, y + x, self.rotary)
+                        z = self.l_net(z, y + x, self.rotary, grid)
                 if h != cfg.h_cycles - 1:
-                    y = self.h_net(y, z, self.rotary)
-        z = self.l_net(z, y + x, self.rotary)
-        y = self.h_net(y, z, self.rotary)
+                    y = self.h_net(y, z, self.rotary, grid)
+        z = self.l_net(z, y + x, self.rotary, grid)
+        y = self.h_net(y, z, self.rotary, grid)
         return y, z

@@ -1,7 +1,8 @@
 """Building blocks of the TRM network, matching the reference code's maths and weight layouts.
 
 Post-norm blocks with a weightless RMSNorm, SwiGLU with the reference's width rounding, non-causal attention
-with rotary positions, and the sequence-axis MLP that replaces attention in the paper's TRM-MLP. Fused weight
+with rotary positions, the sequence-axis MLP that replaces attention in the paper's TRM-MLP, and (beyond the paper)
+a local 2D mixer that has no size at all. Fused weight
 layouts (qkv rows = [q | k | v], gate_up rows = [gate | up]) are kept so official checkpoints convert by renaming.
 """
 
@@ -119,11 +120,66 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))  # type: ignore[no-any-return]
 
 
+Grid = tuple[int, int]
+"""(H, W) of the puzzle grid laid out row-major after the prefix: what the local mixer needs to see neighbours."""
+
+
+def circular_pad(cells: Tensor) -> Tensor:
+    """(B, D, H, W) -> (B, D, H+2, W+2): the grid wrapped onto a torus, one cell each side.
+
+    Written as slices and concatenations, not `F.pad(mode="circular")`, so an ONNX export keeps H and W dynamic.
+    """
+    cells = torch.cat((cells[:, :, -1:], cells, cells[:, :, :1]), dim=2)
+    return torch.cat((cells[..., -1:], cells, cells[..., :1]), dim=3)
+
+
+class LocalMixer(nn.Module):
+    """Size-agnostic token mixing: a depthwise 3x3 convolution over the H x W grid, and a pooled summary for the prefix.
+
+    Why this shape:
+    * Nothing in it depends on H or W, and no token knows where it is, so one set of weights runs on any grid and
+      a maze's answer can only come from local evidence spread step by step: the recurrent-convolution setting in
+      which "Deep Thinking" networks (Bansal et al., 2022) solve mazes far larger than they trained on by
+      iterating longer. A depthwise kernel costs 9*D multiply-adds a cell (a full 3x3 convolution would cost
+      9*D*D, more than the SwiGLU that follows and does the channel mixing anyway).
+    * The grid is a torus (circular padding): the last row neighbours the first. Zero padding would mark the
+      border, which is a position signal; on a torus every cell is alike, so translating a puzzle inside a larger
+      canvas (a cyclic shift) shifts the answer exactly, for any weights. Mazes need a wall row and column between
+      the torus' copies, which the maze data and codec add (a wall ring already is one).
+    * The prefix (puzzle vector in slot 0, read by the Q head) has no place on the grid. Its slots receive a
+      projection of the grid's per-channel mean AND max: a summary whose size does not grow with the grid. The
+      max is there for halting: "every cell is settled" is a statement about the worst cell, which a mean dilutes
+      on a big grid (one open dead end in a 61x61 maze moves a mean by 1/3721) while a max does not.
+    * Grid cells never read the prefix: the answer is a purely local function of the puzzle, which is what makes
+      the translation property exact and extrapolation plausible. The puzzle vector so only reaches the Q head;
+      mazes and Sudoku have one shared vector anyway (a task-conditioned family like ARC would need a broadcast).
+    """
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.prefix_len = config.puzzle_emb_len
+        self.conv_weight = nn.Parameter(trunc_normal_(torch.empty(d, 1, 3, 3), std=1.0 / 3.0))  # LeCun: fan-in 9
+        self.pool_proj = lecun_linear(2 * d, d)
+
+    def forward(self, h: Tensor, grid: Grid) -> Tensor:
+        b, _, d = h.shape
+        height, width = grid
+        p = self.prefix_len
+        tokens = h[:, p:]  # (B, H*W, D)
+        cells = tokens.transpose(1, 2).reshape(b, d, height, width)
+        mixed = F.conv2d(circular_pad(cells), self.conv_weight, groups=d)  # (B, D, H, W)
+        pooled = torch.cat((tokens.mean(dim=1), tokens.amax(dim=1)), dim=-1)  # (B, 2D)
+        prefix = self.pool_proj(pooled)[:, None].expand(b, p, d)
+        return torch.cat((prefix, mixed.flatten(2).transpose(1, 2)), dim=1)
+
+
 class Block(nn.Module):
     """Post-norm block: h = norm(h + mix(h)); h = norm(h + SwiGLU(h)).
 
     With mixer "mlp" the token mixer is a SwiGLU across the sequence axis (width total_len), and its residual
-    norm is taken over that axis too, before transposing back, as the reference does.
+    norm is taken over that axis too, before transposing back, as the reference does. With mixer "conv" it is the
+    `LocalMixer`, which needs the grid's (H, W).
     """
 
     def __init__(self, config: TRMConfig) -> None:
@@ -131,17 +187,24 @@ class Block(nn.Module):
         self.eps = config.rms_norm_eps
         self.attn: Attention | None = None
         self.mlp_t: SwiGLU | None = None
+        self.local: LocalMixer | None = None
         if config.mixer == "attention":
             self.attn = Attention(config)
+        elif config.mixer == "conv":
+            self.local = LocalMixer(config)
         else:
             self.mlp_t = SwiGLU(config.total_len, config.expansion)
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
 
-    def forward(self, h: Tensor, rotary: Rotary | None) -> Tensor:
+    def forward(self, h: Tensor, rotary: Rotary | None, grid: Grid | None = None) -> Tensor:
         if self.mlp_t is not None:
             ht = h.transpose(1, 2)  # (B, D, L)
             ht = rms_norm(ht + self.mlp_t(ht), self.eps)
             h = ht.transpose(1, 2)
+        elif self.local is not None:
+            if grid is None:
+                raise ValueError("mixer 'conv' needs the grid's (H, W)")
+            h = rms_norm(h + self.local(h, grid), self.eps)
         else:
             assert self.attn is not None
             h = rms_norm(h + self.attn(h, rotary), self.eps)
@@ -155,8 +218,8 @@ class ReasoningNet(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(Block(config) for _ in range(num_layers or config.num_layers))
 
-    def forward(self, state: Tensor, injection: Tensor, rotary: Rotary | None) -> Tensor:
+    def forward(self, state: Tensor, injection: Tensor, rotary: Rotary | None, grid: Grid | None = None) -> Tensor:
         h = state + injection
         for layer in self.layers:
-            h = layer(h, rotary)
+            h = layer(h, rotary, grid)
         return h

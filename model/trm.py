@@ -3,6 +3,9 @@
 Reads top to bottom like the paper's pseudo-code. Names follow the paper: `y` is the answer state (the
 reference code's z_H), `z` the latent (z_L), T = `h_cycles`, n = `l_cycles`. One call of `step` is one
 supervision step; training and serving both drive the model only through `initial_carry`, `reset` and `step`.
+
+With the size-agnostic `conv` mixer the grid's shape comes from the inputs: (B, H, W) for any H x W, or flat
+(B, L) read as a square. The carry then holds prefix + H*W positions (`initial_carry(..., num_tokens=H*W)`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from model.config import TRMConfig
-from model.layers import ReasoningNet, Rotary, lecun_linear, trunc_normal_
+from model.layers import Grid, ReasoningNet, Rotary, lecun_linear, trunc_normal_
 
 
 class Carry(NamedTuple):
-    """What persists between supervision steps: y and z, each (B, prefix + seq_len, hidden), always detached."""
+    """What persists between supervision steps: y and z, each (B, prefix + tokens, hidden), always detached.
+
+    tokens is seq_len, or H*W of the grid a `conv` model is stepping."""
 
     y: Tensor
     z: Tensor
@@ -27,7 +32,7 @@ class Carry(NamedTuple):
 
 class StepOutput(NamedTuple):
     carry: Carry
-    logits: Tensor  # (B, seq_len, vocab): answer read from y without the prefix
+    logits: Tensor  # (B, seq_len or H*W, vocab): answer read from y without the prefix, row-major
     q_halt: Tensor  # (B,) fp32: halt when > 0 (sigmoid = halting probability)
     q_continue: Tensor  # (B,) fp32: only trained by HRM-style ACT; TRM ignores it
 
@@ -107,9 +112,16 @@ class TRM(nn.Module):
         return q_halt
 
     # ---------------------------------------------------------------- carry
-    def initial_carry(self, batch_size: int, device: torch.device | None = None) -> Carry:
-        """A carry with every slot at the fixed initial state."""
-        shape = (batch_size, self.config.total_len, self.config.hidden_size)
+    def initial_carry(
+        self, batch_size: int, device: torch.device | None = None, num_tokens: int | None = None
+    ) -> Carry:
+        """A carry with every slot at the fixed initial state.
+
+        `num_tokens` is the puzzle's token count, H*W for a `conv` model stepping another grid size; the default
+        is `seq_len`, the only size the paper's mixers accept.
+        """
+        tokens = self.config.seq_len if num_tokens is None else num_tokens
+        shape = (batch_size, self.config.puzzle_emb_len + tokens, self.config.hidden_size)
         device = device or self.y_init.device
         return Carry(self.y_init.to(device).expand(shape).clone(), self.z_init.to(device).expand(shape).clone())
 
@@ -122,6 +134,18 @@ class TRM(nn.Module):
         )
 
     # ---------------------------------------------------------------- input
+    def grid_of(self, inputs: Tensor) -> Grid | None:
+        """The (H, W) a `conv` model lays its tokens out on: from (B, H, W) inputs, or a square from flat (B, L).
+        None for the paper's mixers, which see a sequence."""
+        if self.config.mixer != "conv":
+            return None
+        if inputs.dim() == 3:
+            return int(inputs.shape[1]), int(inputs.shape[2])
+        side = math.isqrt(int(inputs.shape[1]))
+        if side * side != inputs.shape[1]:
+            raise ValueError(f"flat inputs of {inputs.shape[1]} tokens are not a square grid: pass (B, H, W)")
+        return side, side
+
     def input_embeddings(self, inputs: Tensor, puzzle_vectors: Tensor) -> Tensor:
         """x: (B, prefix + L, D). Prefix slot 0 holds the puzzle vector, slots 1.. are zero; all scaled by sqrt(D)."""
         tokens = self.embed_tokens(inputs.long())  # (B, L, D)
@@ -134,19 +158,19 @@ class TRM(nn.Module):
         return self.embed_scale * x
 
     # ---------------------------------------------------------------- recursion
-    def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor, grid: Grid | None = None) -> tuple[Tensor, Tensor]:
         """n updates of the latent from (x, y, z), then one update of the answer from (y, z)."""
         for _ in range(self.config.l_cycles):
-            z = self.net(z, y + x, self.rotary)
-        y = self.net(y, z, self.rotary)
+            z = self.net(z, y + x, self.rotary, grid)
+        y = self.net(y, z, self.rotary, grid)
         return y, z
 
-    def deep_recursion(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def deep_recursion(self, x: Tensor, y: Tensor, z: Tensor, grid: Grid | None = None) -> tuple[Tensor, Tensor]:
         """T recursions; only the last one is differentiated (the last n+1 network calls carry gradient)."""
         with torch.no_grad():
             for _ in range(self.config.h_cycles - 1):
-                y, z = self.latent_recursion(x, y, z)
-        return self.latent_recursion(x, y, z)
+                y, z = self.latent_recursion(x, y, z, grid)
+        return self.latent_recursion(x, y, z, grid)
 
     def step(
         self, carry: Carry, inputs: Tensor, puzzle_ids: Tensor | None = None, puzzle_vectors: Tensor | None = None
@@ -155,19 +179,21 @@ class TRM(nn.Module):
 
         Args:
             carry: the (y, z) of every slot, from `initial_carry`, `reset` or the previous step.
-            inputs: (B, seq_len) token ids.
+            inputs: (B, seq_len) token ids; a `conv` model also takes (B, H, W), or (B, L) for a square L.
             puzzle_ids: (B,) rows of the puzzle table; ignored when `puzzle_vectors` is given.
             puzzle_vectors: (B, D) prefix vectors to use instead of table rows (test-time adaptation, ONNX).
 
         Returns:
-            The new carry (detached), answer logits (B, seq_len, vocab) and the Q head's halt/continue logits.
+            The new carry (detached), answer logits (B, seq_len or H*W, vocab) and the Q head's halt/continue
+            logits.
         """
         if puzzle_vectors is None:
             if puzzle_ids is None:
                 puzzle_ids = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
             puzzle_vectors = self.puzzle_emb[puzzle_ids.long()]
-        x = self.input_embeddings(inputs, puzzle_vectors)
-        y, z = self.deep_recursion(x, carry.y, carry.z)
+        grid = self.grid_of(inputs)
+        x = self.input_embeddings(inputs if grid is None else inputs.flatten(1), puzzle_vectors)
+        y, z = self.deep_recursion(x, carry.y, carry.z, grid)
         logits = self.lm_head(y[:, self.config.puzzle_emb_len :])
         q = self.q_head(y[:, 0]).float()
         return StepOutput(Carry(y.detach(), z.detach()), logits, q[:, 0], q[:, 1])

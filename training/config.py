@@ -22,7 +22,9 @@ class DataConfig:
     """Where training examples come from. Built once into `cache_dir`, then memory-mapped."""
 
     builder: str = "sudoku"
-    """sudoku | sudoku-csv | maze | maze-csv | arc"""
+    """sudoku | sudoku-csv | maze | maze-people | maze-csv | arc. `maze-people` mixes every style of
+    `training.data.mazes_people` with sides min_grid_size (5 when unset)..grid_size, in a (grid_size + 1)-square
+    canvas of walls, and opens up to `maze_loops` of the inner walls; it is for the size-agnostic `conv` model."""
     cache_dir: str = ""
     """Built dataset directory; empty means data_cache/<preset name>."""
     path: str = ""

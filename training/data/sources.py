@@ -56,6 +56,18 @@ def build(data: DataConfig, out: Path) -> Path:
             seed=data.seed,
             min_side=data.min_grid_size,
         )
+    if data.builder == "maze-people":
+        from training.data import mazes_people
+
+        return mazes_people.build(
+            out,
+            data.n_train,
+            data.n_test,
+            max_side=data.grid_size,
+            min_side=data.min_grid_size or 5,
+            loops_max=data.maze_loops,
+            seed=data.seed,
+        )
     if data.builder == "maze-csv":
         train, test = _csv_pair(data.path)
         return maze.build_from_csv(out, train, test, test_limit=data.n_test or None)
