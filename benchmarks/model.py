@@ -38,7 +38,7 @@ import httpx
 import onnxruntime as ort
 import torch
 
-from benchmarks.serve import closed_loop, mixed_sudoku, start_server, stop_server
+from benchmarks.serve import bench_settings, closed_loop, mixed_sudoku, start_server, stop_server
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.export_onnx import OUTPUTS, Exporter, default_threads, example_inputs, export_step, make_session
 from model.trm import TRM, Carry, count_trainable_parameters
@@ -288,7 +288,8 @@ def measure_server(
         try:
             engine, _, precision = backend.partition("-")  # "torch-bf16": the torch backend with --dtype bfloat16
             dtype = "bfloat16" if precision == "bf16" else "float32"  # not `auto`, which is bf16 on some CPUs
-            proc, url = start_server(str(weights_dir), model, "continuous", threads, slots, backend=engine, dtype=dtype)
+            settings = bench_settings(weights_dir, [model], threads=threads, slots=slots, backend=engine, dtype=dtype)
+            proc, url = start_server(settings)
         except RuntimeError as exc:
             result["backends"][backend] = {"error": error_text(exc)}
             continue

@@ -17,13 +17,18 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from tqdm import tqdm
 
 from model.device import resolve_device
 from model.factory import build_model
 from model.trm import count_trainable_parameters
 from training.config import Preset, available_presets, load_preset
+
+if TYPE_CHECKING:
+    from training.loop import Trainer
 
 log = logging.getLogger("training.run")
 
@@ -54,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--log-every", type=int, default=25, help="optimizer steps per metrics.jsonl line")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="end the run after this many seconds of training, evaluated and saved as at its last step (0: none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
@@ -63,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(dry_run(preset)) + "\n")
         return 0
     return train(preset, args)
+
+
+def out_of_time(trainer: Trainer, start: float, limit: float) -> bool:
+    """Whether `limit` seconds have passed since `start` (never, for 0). Under torchrun the ranks agree: one
+    rank past the limit stops them all, so no rank waits forever in a collective the others left."""
+    if limit <= 0:
+        return False
+    late = torch.tensor([float(time.time() - start >= limit)], device=trainer.device)
+    return bool(trainer.dist.sum_(late).item() > 0)
 
 
 def train(preset: Preset, args: argparse.Namespace) -> int:
@@ -113,11 +134,12 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     window: list[dict[str, float]] = []
     start = time.time()
     last_eval: dict[str, object] = {}
-    while trainer.step < trainer.total_steps:
+    done = trainer.step >= trainer.total_steps
+    while not done:
         stats = trainer.train_step()
         window.append(stats)
         bar.update(1)
-        done = trainer.step >= trainer.total_steps
+        done = trainer.step >= trainer.total_steps or out_of_time(trainer, start, args.time_limit)
         if trainer.step % args.log_every == 0 or done:
             avg = summarize(window)
             window.clear()
