@@ -379,3 +379,20 @@ def test_init_from_a_checkpoint_of_another_architecture_names_the_file_and_the_d
         Trainer(
             tiny_preset(tmp_path, f"train.init_from={source}"), train, None, tmp_path / "b", device=torch.device("cpu")
         )
+
+
+def test_a_time_limit_ends_the_run_early_evaluated_and_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, out = tmp_path / "run", tmp_path / "weights"
+    argv = ["--preset", "sudoku-4x4-tiny", "--set", f"data.cache_dir={tmp_path / 'data'}", "--set", "train.threads=1"]
+    argv += ["--set", "train.max_steps=1000000", "--set", "train.eval_every_steps=1000000", "--time-limit", "1"]
+    argv += ["--run-dir", str(run_dir), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert run.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < summary["steps"] < 1_000_000
+    assert summary["puzzles"] == 64  # the final evaluation ran
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r["kind"] == "eval"] == [summary["steps"]]
+    assert load_checkpoint(out).config.training["preset"] == "sudoku-4x4-tiny"
+    assert json.loads((run_dir / "state" / "state.json").read_text())["step"] == summary["steps"]
