@@ -48,8 +48,10 @@ def run_steps(
     dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (step, predicted tokens, halting logit) for steps 1..max_steps of a fresh batch."""
-    # The carry is sized from the inputs: a `conv` model steps grids of any size, not only its seq_len.
-    carry = model.initial_carry(inputs.shape[0], inputs.device, num_tokens=inputs[0].numel())  # type: ignore[operator]
+    # A `conv` model steps grids of any size, so its carry is sized from the inputs; other models know one size.
+    tokens = inputs[0].numel()
+    sized = {} if tokens == model.config.seq_len else {"num_tokens": tokens}  # type: ignore[union-attr]
+    carry = model.initial_carry(inputs.shape[0], inputs.device, **sized)  # type: ignore[operator]
     for step in range(1, max_steps + 1):
         with autocast(inputs.device, dtype):
             out = model.step(carry, inputs, puzzle_ids)  # type: ignore[operator]
