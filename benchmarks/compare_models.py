@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from benchmarks.model import WARMUP_STEPS, Step, cpu_model, timed, torch_step, write_results
-from model.checkpoint import Checkpoint, card_threshold, load_checkpoint, read_card_metrics
+from inference.halting import Calibration
+from model.checkpoint import Checkpoint, load_checkpoint, read_card_metrics
 from model.device import resolve_device
 from model.trm import TRM, count_trainable_parameters
 from training import run
@@ -220,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = {arch: ckpt.model.to(device) for arch, ckpt in checkpoints.items() if isinstance(ckpt.model, TRM)}
     step_ms = step_times_ms(models, held_out, STEP_BATCH, args.step_seconds, repeats=3)
     for arch, ckpt in checkpoints.items():
-        threshold = card_threshold(read_card_metrics(ckpt.path))
-        result = evaluate_model(models[arch], held_out, device=device, threshold=threshold)
+        # The Q head alone: the comparison is of the two models' own halting, not of the rule check.
+        policy = Calibration.from_card(read_card_metrics(ckpt.path), ckpt.config).policy(mode="q_head")
+        result = evaluate_model(models[arch], held_out, device=device, policy=policy)
         rows[arch].update(
             step_ms=step_ms[arch],
             adaptive_exact_accuracy=result["adaptive_exact_accuracy"],
@@ -230,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exact_accuracy=result["exact_accuracy"],  # halt never: every puzzle runs halt_max_steps
             cell_accuracy=result["cell_accuracy"],
             max_steps=result["max_steps"],
-            halt_threshold=threshold,
+            halt_threshold=policy.threshold,
             eval_seconds=result["seconds"],
         )
 

@@ -197,9 +197,9 @@ def raw_model(settings: Settings, model: str, puzzles: list[str], duration: floa
     registry = Registry(settings.model_copy(update={"models": [model]}))
     registry.load()
     entry = registry.models[model]
-    sched = ModelScheduler(model, entry.engine, queue_capacity=10**9, threshold=entry.halt_threshold)
+    sched = ModelScheduler(model, entry.engine, queue_capacity=10**9, rules=entry.codec)
     tokens = [entry.codec.encode(entry.codec.parse(grid)).astype(np.int64) for grid in puzzles]
-    vector, max_steps = entry.engine.vector_for(0), entry.max_steps_for(1)
+    vector, policy = entry.engine.vector_for(0), entry.policy()
     order = itertools.cycle(tokens)
 
     def run(seconds: float) -> tuple[int, int, float]:
@@ -207,7 +207,7 @@ def raw_model(settings: Settings, model: str, puzzles: list[str], duration: floa
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or done == 0:
             while len(sched.queue) < entry.engine.slots:
-                sched.submit(Job(tokens=next(order), vector=vector, max_steps=max_steps))
+                sched.submit(Job(tokens=next(order), vector=vector, policy=policy))
             finished = sched.tick()
             done += len(finished)
             steps += sum(job.steps_used for job in finished)

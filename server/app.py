@@ -27,7 +27,7 @@ from server.registry import Registry
 from server.scheduler import Draining, Job, ModelScheduler, QueueFull, Scheduler, StepRecord
 from server.schemas import BatchItem, BatchRequest, BatchResponse, ErrorBody, SolveRequest, SolveResponse
 from server.settings import Settings
-from server.solve import ApiError, Prepared, Solver, job_error
+from server.solve import ApiError, Prepared, Solver, job_error, supersede
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -54,13 +54,15 @@ class Service:
         self.solver = Solver(settings, registry, metrics)
         self.ready = False
 
-    def submit(self, prep: Prepared) -> None:
-        """Queue every job of a request, or none: a full queue rolls back the ones already queued."""
+    def submit(self, prep: Prepared, jobs: list[Job] | None = None) -> None:
+        """Queue every job of a request (or of one round of it), or none: a full queue rolls back the ones already
+        queued."""
+        jobs = prep.jobs if jobs is None else jobs
         try:
-            for job in prep.jobs:
+            for job in jobs:
                 self.scheduler.submit(prep.entry.name, job)
         except QueueFull as exc:
-            for job in prep.jobs:
+            for job in jobs:
                 self.scheduler.cancel(job)
             raise ApiError(503, "queue_full", str(exc), headers={"Retry-After": "1"}) from exc
         except Draining as exc:
@@ -71,21 +73,41 @@ class Service:
         self.metrics.request_duration.labels(prep.entry.name).observe(time.monotonic() - prep.arrived)
 
 
-def _track(prep: Prepared) -> asyncio.Event:
-    """An event set (on the event loop) once every job of the request has finished."""
+def _track(prep: Prepared, jobs: list[Job], scheduler: Scheduler) -> asyncio.Event:
+    """An event set (on the event loop) once every one of `jobs` has finished; a verified view stops the
+    request's other views."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    remaining = len(prep.jobs)
+    remaining = len(jobs)
 
-    def finished(_: Job) -> None:
+    def finished(job: Job) -> None:
         nonlocal remaining
+        supersede(prep, job, scheduler.cancel)
         remaining -= 1
         if remaining == 0:
             loop.call_soon_threadsafe(done.set)
 
-    for job in prep.jobs:
+    for job in jobs:
         job.on_done = finished
     return done
+
+
+async def _rounds(done: asyncio.Event, prep: Prepared, request: Request | None, service: Service) -> None:
+    """Wait for the submitted round of a request's jobs, then run further rounds of views while its puzzle is
+    unverified and its budget allows (`Solver.escalate`). A later round that finds the queue full is skipped: the
+    answer then stands on the views already tried."""
+    await _wait(done, prep, request, service)
+    while job_error(prep) is None:
+        jobs = service.solver.escalate(prep)
+        if not jobs:
+            return
+        done = _track(prep, jobs, service.scheduler)
+        try:
+            service.submit(prep, jobs)
+        except ApiError:
+            del prep.jobs[-len(jobs) :]
+            return
+        await _wait(done, prep, request, service)
 
 
 async def _wait(done: asyncio.Event, prep: Prepared, request: Request | None, service: Service) -> None:
@@ -141,7 +163,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(registry.load)
         schedulers = {
             name: ModelScheduler(
-                name, entry.engine, settings.queue_capacity, entry.halt_threshold, settings.scheduler_policy, metrics
+                name,
+                entry.engine,
+                settings.queue_capacity,
+                settings.scheduler_policy,
+                metrics,
+                rules=entry.codec,
             )
             for name, entry in registry.models.items()
         }
@@ -217,9 +244,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def solve_one(req: SolveRequest, request: Request | None, service: Service) -> SolveResponse:
         prep = service.solver.prepare(req)
         await service.solver.adapt(prep)  # unseen ARC tasks: fit their puzzle vectors first (worker thread)
-        done = _track(prep)
+        done = _track(prep, prep.jobs, service.scheduler)
         service.submit(prep)
-        await _wait(done, prep, request, service)
+        await _rounds(done, prep, request, service)
         return _answer(service, prep)
 
     @app.post(
@@ -368,9 +395,9 @@ def _stream(service: Service, prep: Prepared, request: Request) -> StreamingResp
 
     for job in prep.jobs:
         job.on_step = on_step
-    done = _track(prep)
+    done = _track(prep, prep.jobs, service.scheduler)
     service.submit(prep)  # a full queue is a plain 503 here, before any event is sent
-    waiter = asyncio.ensure_future(_wait(done, prep, None, service))
+    waiter = asyncio.ensure_future(_rounds(done, prep, None, service))
 
     async def generate() -> AsyncIterator[bytes]:
         try:

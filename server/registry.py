@@ -11,25 +11,17 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import (
-    CONFIG_FILE,
-    Checkpoint,
-    CheckpointError,
-    card_max_steps,
-    card_threshold,
-    halting_key,
-    load_checkpoint,
-    read_card_metrics,
-)
+from inference.halting import Calibration, HaltingPolicy, HaltMode, Operator
+from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, read_card_metrics
 from model.config import TRMConfig
 from model.device import resolve_device
 from model.precision import resolve_dtype
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
-from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import count_trainable_parameters
 from server.engine import Engine, TorchEngine, configure_cpu_threads
 from server.settings import Settings
@@ -46,8 +38,13 @@ class ModelEntry:
     card: dict[str, Any] = field(default_factory=dict)
     identifiers: list[str] = field(default_factory=list)
     """Puzzle-id names (ARC task variants); index = row of the puzzle table."""
-    threshold_override: float | None = None
-    max_steps_override: int = 0
+    operator: Operator = field(default_factory=Operator)
+    """The server's own halting defaults (settings), which beat the card's calibration."""
+
+    @cached_property
+    def calibration(self) -> Calibration:
+        """The card's halting calibration, read once."""
+        return Calibration.from_card(self.card, self.config)
 
     @property
     def config(self) -> TRMConfig:
@@ -57,22 +54,11 @@ class ModelEntry:
     def family(self) -> str:
         return self.config.family
 
-    @property
-    def halt_threshold(self) -> float:
-        """The settings' threshold when set, else the one calibrated for this checkpoint, else 0.5."""
-        return self.halt_threshold_for(1)
-
-    def halt_threshold_for(self, views: int) -> float:
-        """`halt_threshold` for answers voted over `views` symmetries: the one calibrated for that many views
-        when the card has it (`training.calibrate --views`), else the single view's."""
-        return self.threshold_override or card_threshold(self.card, views)
-
-    def max_steps_for(self, views: int) -> int:
-        """Steps a request runs when it does not say: the settings' default when set, else the horizon the
-        applying threshold was calibrated over (`training.calibrate --max-steps`), else `halt_max_steps`. A model
-        may keep improving past the horizon it trained with (maze-15x15: 45.8% exact at 8 steps, 49.3% at 16), and
-        with adaptive halting only the puzzles it is unsure of use the extra steps."""
-        return self.max_steps_override or card_max_steps(self.card, views) or self.config.halt_max_steps
+    def policy(self, views: int = 1, mode: HaltMode = "adaptive", max_steps: int | None = None) -> HaltingPolicy:
+        """How a request's puzzles halt (`inference.halting`): its `max_steps`, else the server's default, else the
+        horizon calibrated for that many views (a model may keep improving past the horizon it trained with:
+        maze-15x15 45.8% exact at 8 steps, 49.3% at 16), else `halt_max_steps`; the threshold likewise."""
+        return self.calibration.policy(views, mode, max_steps=max_steps, operator=self.operator)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -86,10 +72,10 @@ class ModelEntry:
             "sha256": self.checkpoint.sha256,
             "backend": self.engine.backend,
             "provider": self.engine.provider,
-            "halt_threshold": self.halt_threshold,
-            "max_steps": self.max_steps_for(1),
+            "halt_threshold": self.policy().threshold,
+            "max_steps": self.policy().max_steps,
             "halt_threshold_by_views": {  # the view counts calibrated apart; others use halt_threshold
-                str(k): self.halt_threshold_for(k) for k in range(2, NUM_DIHEDRAL + 1) if halting_key(k) in self.card
+                str(k): self.policy(k).threshold for k in self.calibration.calibrated_views()
             },
             "slots": self.engine.slots,
             "card": self.card,
@@ -138,8 +124,7 @@ class Registry:
                     engine=build_engine(ckpt, self.settings),
                     card=read_card_metrics(path),
                     identifiers=_identifiers(path),
-                    threshold_override=self.settings.halt_threshold,
-                    max_steps_override=self.settings.default_max_steps,
+                    operator=Operator(self.settings.halt_threshold, self.settings.default_max_steps or None),
                 )
                 entry.engine.warm_up()
             except (CheckpointError, ValueError, OSError) as exc:

@@ -1,8 +1,8 @@
 """Step-level continuous batching, free of any web framework.
 
 Per model, a pool of slots holds running puzzles. Each tick runs ONE supervision step over the occupied slots;
-puzzles whose halting probability passes the threshold, that reach their `max_steps`, or whose deadline has
-passed are finished and their slots refilled from a bounded queue at the next tick. Easy puzzles therefore
+puzzles that their halting policy stops (a verified answer, the Q head, `max_steps`: `inference.halting`) or whose
+deadline has passed are finished and their slots refilled from a bounded queue at the next tick. Easy puzzles therefore
 leave early and new ones never wait for a whole batch to run 16 steps.
 
 Two baseline policies exist only so benchmarks can measure that gain: `sequential` (one puzzle at a time) and
@@ -24,11 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Literal, Protocol
 
 import numpy as np
 
+from inference.halting import HaltingPolicy, HaltReason, Rules
 from server.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,6 @@ class QueueFull(Exception):
 
 class Draining(Exception):
     """The server is shutting down and takes no new puzzles (503)."""
-
-
-class HaltReason(StrEnum):
-    Q_HEAD = "q_head"
-    MAX_STEPS = "max_steps"
-    DEADLINE = "deadline"
 
 
 Policy = Literal["continuous", "static", "sequential"]
@@ -66,10 +60,8 @@ class Job:
 
     tokens: np.ndarray
     vector: np.ndarray
-    max_steps: int
-    halt: Literal["adaptive", "never"] = "adaptive"
-    threshold: float | None = None
-    """Halting probability this job halts at; None: the model's (`ModelScheduler.threshold`), filled in at submit."""
+    policy: HaltingPolicy
+    """When the puzzle stops: the request handling builds it from the checkpoint's calibration (one door)."""
     record_steps: bool = False
     deadline: float = math.inf  # time.monotonic() value
     on_step: Callable[[Job, StepRecord], None] | None = None
@@ -82,10 +74,12 @@ class Job:
     steps_used: int = 0
     answer: np.ndarray | None = None
     halt_probability: float = 0.0
+    verified: bool | None = None
+    """The rule check of `answer` (None: not checked, or the family has none)."""
     halted_by: HaltReason | None = None
     error: str | None = None
     """Set when the puzzle failed: "deadline", "cancelled", "shutdown", or a message about a failed or non-finite
-    step."""
+    step; "superseded" when another view of the same puzzle was verified first (not a failure)."""
     steps: list[StepRecord] = field(default_factory=list)
     cancelled: bool = False
     cancel_reason: str = "cancelled"
@@ -125,14 +119,15 @@ class ModelScheduler:
         name: str,
         engine: Engine,
         queue_capacity: int,
-        threshold: float = 0.5,
         policy: Policy = "continuous",
         observer: Observer | None = None,
+        rules: Rules | None = None,
     ) -> None:
         self.name = name
         self.engine = engine
         self.queue_capacity = queue_capacity
-        self.threshold = threshold
+        self.rules = rules
+        """The puzzle family's codec: each step's answers are settled on the user's cells and rule-checked."""
         self.policy = policy
         self.observer = observer or NullObserver()
         self.slots: list[Job | None] = [None] * (1 if policy == "sequential" else engine.slots)
@@ -153,8 +148,6 @@ class ModelScheduler:
             if len(self.queue) >= self.queue_capacity:
                 raise QueueFull(f"model {self.name!r} has {len(self.queue)} puzzles queued (capacity reached)")
             job.enqueued_at = time.monotonic()
-            if job.threshold is None:
-                job.threshold = self.threshold
             self.queue.append(job)
         self.observer.gauges(self.name, len(self.queue), self.running)
 
@@ -200,6 +193,27 @@ class ModelScheduler:
                     self._batch.append(slot)
         return dropped
 
+    def _settle(self, active: list[int], answers: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, dict[int, bool]]:
+        """This step's answers with the user's cells kept (the codec's `settle`), and the rule checks, by row, of
+        the jobs whose policy asks for them: one batched call of each."""
+        rows = [row for row, slot in enumerate(active) if self.slots[slot] is not None]
+        if self.rules is None or not rows:
+            return answers, {}
+        inputs = np.stack([self.slots[active[row]].tokens for row in rows])  # type: ignore[union-attr]
+        settled = answers.copy()
+        settled[rows] = self.rules.settle(inputs, answers[rows])
+        asked = [i for i, row in enumerate(rows) if self.slots[active[row]].policy.checks_answers and finite[row]]  # type: ignore[union-attr]
+        if not asked:
+            return settled, {}
+        try:
+            passed = self.rules.check_tokens(inputs[asked], settled[[rows[i] for i in asked]])
+        except Exception:  # a broken check must not fail the step: the puzzles halt by the Q head as before
+            log.exception("answer check of model %s failed", self.name)
+            return settled, {}
+        if passed is None:
+            return settled, {}
+        return settled, {rows[i]: bool(ok) for i, ok in zip(asked, passed, strict=True)}
+
     def tick(self) -> list[Job]:
         """Admit from the queue, run one step over the occupied slots, finish what halted. Returns finished jobs."""
         now = time.monotonic()
@@ -231,6 +245,7 @@ class ModelScheduler:
             return finished
         seconds = time.perf_counter() - start
         self.observer.batch(self.name, len(active), seconds)
+        answers, verified = self._settle(active, result.tokens, result.finite)
         now = time.monotonic()
         for row, slot in enumerate(active):
             job = self.slots[slot]
@@ -243,8 +258,9 @@ class ModelScheduler:
                 finished.append(job)
                 continue
             prob = 1.0 / (1.0 + math.exp(-float(np.clip(result.q_halt[row], -60, 60))))
-            job.answer = result.tokens[row]
+            job.answer = answers[row]
             job.halt_probability = prob
+            job.verified = verified.get(row)
             record = StepRecord(job.steps_used, job.answer, prob)
             if job.record_steps:
                 job.steps.append(record)
@@ -253,12 +269,8 @@ class ModelScheduler:
                     job.on_step(job, record)
                 except Exception:
                     log.exception("on_step callback of job %d failed", job.id)
-            reason: HaltReason | None = None
-            if job.halt == "adaptive" and job.threshold is not None and prob >= job.threshold:
-                reason = HaltReason.Q_HEAD
-            elif job.steps_used >= job.max_steps:
-                reason = HaltReason.MAX_STEPS
-            elif now >= job.deadline:
+            reason = job.policy.decide(job.steps_used, prob, job.verified)
+            if reason is None and now >= job.deadline:
                 reason = HaltReason.DEADLINE
             if reason is not None:
                 self._finish(slot, job, reason, "deadline" if reason is HaltReason.DEADLINE else None)

@@ -13,6 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="a loaded model's name")]
 
 
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(
+        ge=0,
+        strict=True,
+        description="model steps over all views of the puzzle (0: none past the first round); the server's "
+        "default_budget_steps when absent",
+    )
+
+
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -29,7 +40,11 @@ class SolveRequest(BaseModel):
     max_steps: int | None = Field(
         None, ge=1, strict=True, description="supervision steps at most (default: the model's)"
     )
-    halt: Literal["adaptive", "never"] = "adaptive"
+    halt: Literal["adaptive", "q_head", "never"] = Field(
+        "adaptive",
+        description="adaptive: stop at the first answer that passes the rule check (Sudoku, mazes) or when the "
+        "halting head is confident; q_head: the halting head alone, as the paper; never: run every step",
+    )
     views: int | None = Field(
         None,
         ge=1,
@@ -38,6 +53,11 @@ class SolveRequest(BaseModel):
         description="Sudoku and maze: also solve the puzzle turned by the first K symmetries of the square and "
         "answer what most of them agree on (K times the compute; the steps shown are the unturned puzzle's); "
         "default: the server's default_views",
+    )
+    budget: Budget | None = Field(
+        None,
+        description="Sudoku and maze: what a puzzle whose answer fails the rule check may spend on more views "
+        "(other symmetries of the square, tried at once; the first verified answers); easy puzzles verify at once",
     )
     return_steps: bool = Field(False, strict=True)
     stream: bool = Field(False, strict=True)
@@ -83,7 +103,7 @@ class SolveResponse(BaseModel):
     puzzle: str
     solution: Any
     steps_used: int
-    halted_by: Literal["q_head", "max_steps", "deadline"]
+    halted_by: Literal["verified", "q_head", "max_steps", "deadline"]
     halt_probability: float
     halt_threshold: float = Field(
         description="the halting probability adaptive halting waits for: the model's calibrated threshold (for this "
@@ -92,12 +112,17 @@ class SolveResponse(BaseModel):
     verified: bool | None
     timing: Timing
     steps: list[StepState] | None = None
-    votes: int | None = Field(None, description="with views > 1: how many of the views gave this answer")
+    votes: int | None = Field(None, description="with several views: how many of them gave this answer")
+    views_tried: int | None = Field(None, description="with several views: how many ran (asked for and escalated)")
+    steps_total: int | None = Field(None, description="with several views: model steps over all of them")
 
     @model_serializer(mode="wrap")
     def _omit_absent_votes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """votes appears only where views were asked for."""
-        return _omit_if_none(handler(self), "votes")
+        """votes, views_tried and steps_total appear only where more than one view ran."""
+        data: dict[str, Any] = handler(self)
+        for key in ("votes", "views_tried", "steps_total"):
+            _omit_if_none(data, key)
+        return data
 
 
 class ErrorBody(BaseModel):

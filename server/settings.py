@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.escalation import DEFAULT_BUDGET_STEPS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRM_", extra="forbid")
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
     over all of them for the most accurate answers at 8 times the compute."""
     max_steps_limit: int = Field(64, ge=1)
     """Largest max_steps a request may ask for."""
+    default_budget_steps: int = Field(DEFAULT_BUDGET_STEPS, ge=0)
+    """Model steps a Sudoku or maze may spend over all its views when the request does not say (`budget`): one
+    whose first answer fails the rule check tries more symmetries of the square until one verifies or the budget
+    would be passed. 0 turns escalation off."""
+    max_budget_steps: int = Field(1024, ge=1)
+    """Largest `budget.steps` a request may ask for."""
     halt_threshold: float | None = Field(None, gt=0.0, lt=1.0)
     """A puzzle halts when sigmoid(q_halt) reaches this. Unset: each model's calibrated threshold from its
     metrics.json (`python -m training.calibrate`), else 0.5, the reference's q_halt > 0."""

@@ -10,22 +10,35 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from inference.escalation import Escalation
+from inference.halting import HaltingPolicy, HaltReason
+from inference.views import choose, turn, turn_back
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
 from model.puzzles.arc import ArcTask, decode_grid
-from model.puzzles.augment import vote
 from model.puzzles.base import PuzzleError
-from model.puzzles.dihedral import DIHEDRAL_INVERSE, dihedral_rows
 from server.arc import ArcModel, ArcPlan, UnknownTask
 from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
 from server.scheduler import Job, StepRecord
 from server.schemas import SolveRequest, SolveResponse, StepState, Timing
 from server.settings import Settings
+
+SUPERSEDED = "superseded"
+"""The `error` of a view stopped because another view of its puzzle was verified first: not a failure."""
+
+
+def supersede(prep: Prepared, job: Job, cancel: Callable[[Job, str], None]) -> None:
+    """When one view of a puzzle is verified, stop the others: its answer is the one given (`choose`)."""
+    if job.halted_by is HaltReason.VERIFIED and len(prep.jobs) > 1 and prep.arc is None:
+        for other in prep.jobs:
+            if other is not job and not other.done:
+                cancel(other, SUPERSEDED)
 
 
 class ApiError(Exception):
@@ -60,6 +73,11 @@ class Prepared:
     """ARC only: the variants and their vectors; an unseen task has no jobs until `adapt` has run."""
     job_keys: list[tuple[int, int]] = field(default_factory=list)
     """ARC only: (test input, variant) of each job, in job order."""
+    tokens: np.ndarray | None = None
+    """Sudoku and maze: the puzzle's tokens, which each view turns; job i is view i."""
+    policy: HaltingPolicy | None = None
+    escalation: Escalation | None = None
+    """Sudoku and maze under adaptive halting: how far past the first round an unverified puzzle may go."""
 
 
 def _side_of(req: SolveRequest) -> int | None:
@@ -117,22 +135,41 @@ class Solver:
                 message = "views applies to sudoku and maze; an ARC task is voted over its own variants"
                 raise ApiError(422, "invalid_request", message, "views")
             return self._prepare_arc(req, entry, puzzle, arrived)
-        tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
+        budget = self.settings.default_budget_steps if req.budget is None else req.budget.steps
+        if budget > self.settings.max_budget_steps:
+            message = f"budget.steps is {budget}, at most {self.settings.max_budget_steps}"
+            raise ApiError(422, "invalid_request", message, "budget.steps")
         views = req.views or self.settings.default_views
-        max_steps = req.max_steps or entry.max_steps_for(views)
-        jobs = [
-            Job(
-                tokens=turn(tokens, tid),
-                vector=entry.engine.vector_for(0),
-                max_steps=max_steps,
-                halt=req.halt,
-                threshold=entry.halt_threshold_for(views),
-                record_steps=tid == 0 and (req.return_steps or req.stream),
-                deadline=deadline,
-            )
-            for tid in range(views)
-        ]
-        return Prepared(req, entry, puzzle, jobs, arrived)
+        policy = entry.policy(views, req.halt, req.max_steps)
+        prep = Prepared(req, entry, puzzle, [], arrived, policy=policy)
+        prep.tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
+        if policy.checks_answers and budget:
+            prep.escalation = Escalation(budget)
+        prep.jobs = [self._view(prep, tid, deadline) for tid in range(views)]
+        return prep
+
+    def _view(self, prep: Prepared, tid: int, deadline: float) -> Job:
+        """The job of view `tid`: the puzzle turned by symmetry `tid`; only view 0 records its steps."""
+        assert prep.tokens is not None and prep.policy is not None
+        req = prep.request
+        return Job(
+            tokens=turn(prep.tokens, tid),
+            vector=prep.entry.engine.vector_for(0),
+            policy=prep.policy,
+            record_steps=tid == 0 and (req.return_steps or req.stream),
+            deadline=deadline,
+        )
+
+    def escalate(self, prep: Prepared) -> list[Job]:
+        """The next round of views for a puzzle none of whose views was verified, within its budget
+        (`inference.escalation`); none when one was, when a view failed, or when the budget is spent."""
+        jobs, escalation, policy = prep.jobs, prep.escalation, prep.policy
+        if escalation is None or policy is None or any(j.verified or j.error is not None for j in jobs):
+            return []
+        extra = escalation.next_views(len(jobs), sum(j.steps_used for j in jobs), policy.max_steps)
+        new = [self._view(prep, tid, jobs[0].deadline) for tid in range(len(jobs), len(jobs) + extra)]
+        jobs.extend(new)
+        return new
 
     # ------------------------------------------------------------------ ARC
     def _prepare_arc(self, req: SolveRequest, entry: ModelEntry, task: ArcTask, arrived: float) -> Prepared:
@@ -156,13 +193,12 @@ class Solver:
         plan, req, entry = prep.arc, prep.request, prep.entry
         assert plan is not None and plan.vectors is not None
         tokens, prep.job_keys = variant_test_inputs(prep.puzzle, plan.variants, entry.codec.side)  # type: ignore[attr-defined]
-        max_steps = req.max_steps or entry.max_steps_for(1)
+        policy = entry.policy(1, req.halt, req.max_steps)
         prep.jobs = [
             Job(
                 tokens=row.astype(np.int64),
                 vector=plan.vectors[v],
-                max_steps=max_steps,
-                halt=req.halt,
+                policy=policy,
                 record_steps=i == 0 and (req.return_steps or req.stream),
                 deadline=prep.arrived + self.settings.request_timeout_s,
             )
@@ -214,14 +250,18 @@ class Solver:
         return solution
 
     @staticmethod
-    def _voted(prep: Prepared) -> tuple[np.ndarray, list[float]]:
-        """The answer most views gave (ties: the higher mean halting probability), and those views' probabilities."""
-        candidates = []
-        for tid, job in enumerate(prep.jobs):
-            assert job.answer is not None
-            candidates.append((turn(np.asarray(job.answer), DIHEDRAL_INVERSE[tid]), job.halt_probability))
-        best = np.asarray(vote(candidates)[0], dtype=np.int64)
-        return best, [p for answer, p in candidates if np.array_equal(answer, best)]
+    def _chosen(prep: Prepared) -> tuple[Job, np.ndarray, list[float]]:
+        """Over the views (`inference.views.choose`): the job that answers, its answer in the puzzle's own
+        orientation, and the halting probabilities of the views that agree with it."""
+        answered = [(tid, job) for tid, job in enumerate(prep.jobs) if job.answer is not None]
+        index, best, agreeing = choose(
+            [turn_back(np.asarray(job.answer)[None], tid)[0] for tid, job in answered],
+            [job.halt_probability for _, job in answered],
+            [job.verified for _, job in answered],
+            [job.steps_used for _, job in answered],
+        )
+        answering = answered[index][1] if index is not None else max(prep.jobs, key=lambda j: j.steps_used)
+        return answering, best, agreeing
 
     # ------------------------------------------------------------------ rendering
     def decode(self, prep: Prepared, tokens: np.ndarray, index: int = 0) -> Any:
@@ -248,10 +288,11 @@ class Solver:
         """The answer for finished jobs that did not fail (the caller checks errors first)."""
         jobs = prep.jobs
         main = jobs[0]
-        assert main.answer is not None and main.halted_by is not None and main.threshold is not None
+        assert main.answer is not None and main.halted_by is not None
         adapt_ms = None
         halt_probability = min(j.halt_probability for j in jobs)
-        votes = None
+        votes = tried = total = None
+        answering = max(jobs, key=lambda j: j.steps_used)
         if prep.arc is not None:
             solution: Any = self._arc_solution(prep)
             verified = None
@@ -259,8 +300,9 @@ class Solver:
         else:
             answer = main.answer
             if len(jobs) > 1:
-                answer, agreeing = self._voted(prep)
+                answering, answer, agreeing = self._chosen(prep)
                 votes, halt_probability = len(agreeing), sum(agreeing) / len(agreeing)
+                tried, total = len(jobs), sum(j.steps_used for j in jobs)
             solution = self.decode(prep, answer)
             verified = prep.entry.codec.verify(prep.puzzle, solution)
         steps = None
@@ -272,18 +314,19 @@ class Solver:
                 steps.append(state)
         started = min((j.started_at for j in jobs if j.started_at is not None), default=prep.arrived)
         finished = max(j.finished_at or started for j in jobs)
-        slowest = max(jobs, key=lambda j: j.steps_used)
         return SolveResponse(
             id=prep.id,
             model=prep.entry.name,
             puzzle=prep.request.puzzle,
             solution=solution,
-            steps_used=slowest.steps_used,
-            halted_by=slowest.halted_by.value if slowest.halted_by else "max_steps",
+            steps_used=answering.steps_used,
+            halted_by=answering.halted_by.value if answering.halted_by else HaltReason.MAX_STEPS.value,
             halt_probability=round(halt_probability, 6),
-            halt_threshold=main.threshold,
+            halt_threshold=main.policy.threshold,
             verified=verified,
             votes=votes,
+            views_tried=tried,
+            steps_total=total,
             timing=Timing(
                 queue_ms=round((started - prep.arrived - (adapt_ms or 0.0) / 1000) * 1000, 3),
                 compute_ms=round(max(j.compute_s for j in jobs) * 1000, 3),
@@ -292,12 +335,6 @@ class Solver:
             ),
             steps=steps,
         )
-
-
-def turn(tokens: np.ndarray, tid: int) -> np.ndarray:
-    """A flattened square grid of tokens under symmetry `tid`."""
-    turned: np.ndarray = dihedral_rows(tokens[None], np.array([tid]))[0]
-    return turned
 
 
 def changed_cells(previous: Any, current: Any) -> list[tuple[int, int]]:
@@ -315,7 +352,7 @@ def changed_cells(previous: Any, current: Any) -> list[tuple[int, int]]:
 def job_error(prep: Prepared) -> ApiError | None:
     """The error to answer with if any of the request's jobs failed."""
     for job in prep.jobs:
-        if job.error is None:
+        if job.error is None or job.error == SUPERSEDED:
             continue
         if job.error == "deadline":
             return ApiError(

@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from inference.halting import HaltingPolicy, HaltReason, Rules, first_halts, halting_key
+from inference.views import choose_all, turn_back, vote_views
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from training.data.dataset import PuzzleSet
-from training.evaluate import run_steps, turn_back, turned_set, vote_views
+from training.evaluate import check_trace, puzzle_rules, run_steps, turned_set
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +56,20 @@ def trace_answers(
     limit: int = 0,
     dtype: torch.dtype = torch.float32,
     max_steps: int = 0,
+    rules: Rules | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per step (1..max_steps, default `halt_max_steps`) and puzzle: the predicted tokens (steps, puzzles, length)
-    and the halting probability (steps, puzzles)."""
+    """Per step (1..max_steps, default `halt_max_steps`) and puzzle: the answer tokens (steps, puzzles, length),
+    settled on the user's cells by `rules` as the server does, and the halting probability (steps, puzzles)."""
     device = next(model.parameters()).device
     max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
     n = min(len(data), limit) if limit else len(data)
     answers, probs = [], []
     for lo in range(0, n, batch_size):
         inputs, _, ids = data.tensors(lo, min(n, lo + batch_size), device)
+        questions = inputs.cpu().numpy().reshape(len(inputs), -1)
         steps = list(run_steps(model, inputs, ids, max_steps, dtype))
-        answers.append(np.stack([pred.to(torch.uint8).cpu().numpy() for _, pred, _ in steps]))  # vocab < 256
+        preds = [pred.to(torch.uint8).cpu().numpy().reshape(len(inputs), -1) for _, pred, _ in steps]  # vocab < 256
+        answers.append(np.stack([p if rules is None else rules.settle(questions, p) for p in preds]))
         probs.append(np.stack([torch.sigmoid(q).cpu().numpy() for _, _, q in steps]))
     return np.concatenate(answers, axis=1), np.concatenate(probs, axis=1)
 
@@ -74,19 +79,6 @@ def exact(answers: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return ((answers == labels) | (labels == 0)).all(-1)
 
 
-def trace(
-    model: nn.Module,
-    data: PuzzleSet,
-    batch_size: int = 256,
-    limit: int = 0,
-    dtype: torch.dtype = torch.float32,
-    max_steps: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per step and puzzle: is the answer exactly right, and the halting probability. Both (steps, puzzles)."""
-    answers, probs = trace_answers(model, data, batch_size, limit, dtype, max_steps)
-    return exact(answers, np.asarray(data.labels)[: answers.shape[1]]), probs
-
-
 def trace_views(
     model: nn.Module,
     data: PuzzleSet,
@@ -94,23 +86,35 @@ def trace_views(
     limit: int = 0,
     dtype: torch.dtype = torch.float32,
     max_steps: int = 0,
+    rules: Rules | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`trace_answers` under the first `views` symmetries, answers turned back: (views, steps, puzzles, length)
     and (views, steps, puzzles)."""
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
-    traced = [trace_answers(model, turned_set(data, tid), dtype=dtype, max_steps=max_steps) for tid in range(views)]
+    traced = [
+        trace_answers(model, turned_set(data, tid), dtype=dtype, max_steps=max_steps, rules=rules)
+        for tid in range(views)
+    ]
     answers = np.stack([turn_back(a, tid) for tid, (a, _) in enumerate(traced)])
     return answers, np.stack([p for _, p in traced])
 
 
-def sweep(correct: np.ndarray, probs: np.ndarray, grid: tuple[float, ...] = GRID) -> list[dict[str, float]]:
-    """Adaptive exact accuracy and mean steps for each threshold (a puzzle halts at its first step >= t)."""
+def sweep(
+    answers: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    verified: np.ndarray | None = None,
+    grid: tuple[float, ...] = GRID,
+) -> list[dict[str, float]]:
+    """Exact accuracy and mean steps where an adaptive policy with each threshold halts (`first_halts`, the rule
+    the server's scheduler applies), over one trace: answers [steps, N, L], probs and verified [steps, N]."""
+    correct = exact(answers, labels)
     n = correct.shape[1]
     rows = []
     for t in grid:
-        first = first_over(probs, t)
-        rows.append(_row(t, correct[first, np.arange(n)], first + 1))
+        at, _ = first_halts(HaltingPolicy(t, len(probs)), probs, verified)
+        rows.append(_row(t, correct[at, np.arange(n)], at + 1))
     return rows
 
 
@@ -123,28 +127,33 @@ def _row(t: float, right: np.ndarray, steps: np.ndarray) -> dict[str, float]:
     }
 
 
-def first_over(probs: np.ndarray, t: float) -> np.ndarray:
-    """The step index (axis -2 of `probs` [..., steps, puzzles]) each puzzle halts at: its first over `t`, else the
-    last."""
-    passed = probs >= t
-    return np.where(passed.any(-2), passed.argmax(-2), probs.shape[-2] - 1)
-
-
 def sweep_views(
-    answers: np.ndarray, probs: np.ndarray, labels: np.ndarray, grid: tuple[float, ...] = GRID
+    answers: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    verified: np.ndarray | None = None,
+    grid: tuple[float, ...] = GRID,
 ) -> list[dict[str, float]]:
-    """`sweep` for answers voted over views: each view halts at its own first step over t, then the vote.
+    """`sweep` for answers over views, chosen as the server chooses (`inference.views.choose_all`): a verified
+    view wins and stops the others, else each view halts at its own step and the views are voted.
 
-    `answers` (views, steps, puzzles, length) are in the puzzles' own orientation, `probs` (views, steps,
-    puzzles); `mean_steps` adds up the views' steps, which is what a voted answer costs.
+    `answers` (views, steps, puzzles, length) are in the puzzles' own orientation, `probs` and `verified` (views,
+    steps, puzzles); `mean_steps` adds up the views' steps, which is what the answer costs.
     """
-    views, _, n, _ = answers.shape
-    v, i = np.arange(views)[:, None], np.arange(n)[None, :]
+    views, steps, n, _ = answers.shape
+    i = np.arange(n)
     rows = []
     for t in grid:
-        first = first_over(probs, t)  # (views, puzzles)
-        voted = vote_views(answers[v, first, i], probs[v, first, i])
-        rows.append(_row(t, exact(voted, labels), (first + 1).sum(0)))
+        policy = HaltingPolicy(t, steps)
+        picked, picked_probs, picked_ok, spent = [], [], [], []
+        for v in range(views):
+            at, why = first_halts(policy, probs[v], None if verified is None else verified[v])
+            picked.append(answers[v, at, i])
+            picked_probs.append(probs[v, at, i])
+            picked_ok.append(np.array([r is HaltReason.VERIFIED for r in why]))
+            spent.append(at + 1)
+        chosen, cost = choose_all(np.stack(picked), np.stack(picked_probs), np.stack(picked_ok), np.stack(spent))
+        rows.append(_row(t, exact(chosen, labels), cost))
     return rows
 
 
@@ -168,19 +177,25 @@ def calibrate(
     views: int = 1,
     dtype: torch.dtype = torch.float32,
     max_steps: int = 0,
+    rules: Rules | None = None,
 ) -> dict[str, Any]:
     """Sweep the thresholds over `max_steps` steps (default `halt_max_steps`) and choose one; the result records
-    the horizon, which the server and `training.evaluate` then run requests to."""
+    the horizon, which the server and `training.evaluate` then run requests to. With `rules` (the codec) answers are
+    settled and checked, and the sweep halts as the server does by default: at a verified answer, or by the Q head."""
     max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
+    n = min(len(data), limit) if limit else len(data)
+    labels, inputs = np.asarray(data.labels)[:n], np.asarray(data.inputs)[:n]
     if views == 1:
-        correct, probs = trace(model, data, limit=limit, dtype=dtype, max_steps=max_steps)
-        rows = sweep(correct, probs)
-        never = float(correct[-1].mean())
+        answers, probs = trace_answers(model, data, limit=limit, dtype=dtype, max_steps=max_steps, rules=rules)
+        rows = sweep(answers, probs, labels, check_trace(rules, inputs, answers))
+        never = float(exact(answers[-1], labels).mean())
     else:
-        answers, vprobs = trace_views(model, data, views, limit, dtype, max_steps)
-        labels = np.asarray(data.labels)[: answers.shape[2]]
-        rows = sweep_views(answers, vprobs, labels)
-        never = float(exact(vote_views(answers[:, -1], vprobs[:, -1]), labels).mean())
+        vanswers, vprobs = trace_views(model, data, views, limit, dtype, max_steps, rules)
+        # The answers are turned back already, so each is checked against the puzzle in its own orientation.
+        checked = [check_trace(rules, inputs, a) for a in vanswers]
+        vverified = None if any(c is None for c in checked) else np.stack(checked)  # type: ignore[arg-type]
+        rows = sweep_views(vanswers, vprobs, labels, vverified)
+        never = float(exact(vote_views(vanswers[:, -1], vprobs[:, -1]), labels).mean())
     result: dict[str, Any] = {
         "threshold": choose(rows, never, tolerance),
         "max_steps": max_steps,
@@ -195,7 +210,7 @@ def calibrate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.checkpoint import halting_key, load_checkpoint
+    from model.checkpoint import load_checkpoint
     from model.precision import dtype_name, resolve_dtype
     from training.data.sources import load_eval_data
 
@@ -237,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "data": args.data,
         "dtype": dtype_name(dtype),
-        **calibrate(ckpt.model, data, args.tolerance, args.limit, args.views, dtype, args.max_steps),
+        **calibrate(
+            ckpt.model, data, args.tolerance, args.limit, args.views, dtype, args.max_steps, puzzle_rules(ckpt.config)
+        ),
     }
     for row in result["sweep"]:
         log.info(

@@ -30,10 +30,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation, escalate_all
+from inference.halting import (
+    DEFAULT_HALT_THRESHOLD,
+    HALT_MODES,
+    Calibration,
+    HaltingPolicy,
+    HaltReason,
+    Rules,
+    first_halts,
+)
+from inference.views import check_views, choose_all, turn_back, turn_rows
+from model.config import TRMConfig
 from model.device import resolve_device
 from model.precision import autocast, dtype_name, resolve_dtype
-from model.puzzles.augment import vote
-from model.puzzles.dihedral import DIHEDRAL_INVERSE, NUM_DIHEDRAL, dihedral_rows
+from model.puzzles import get_codec
+from model.puzzles.dihedral import NUM_DIHEDRAL
 from training.data.dataset import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -64,50 +76,64 @@ def evaluate_model(
     data: PuzzleSet,
     batch_size: int = 256,
     device: torch.device | None = None,
-    max_steps: int | None = None,
+    policy: HaltingPolicy | None = None,
     dtype: torch.dtype = torch.float32,
     limit: int = 0,
     progress: bool = False,
     keep_predictions: bool = False,
-    threshold: float = 0.5,
+    rules: Rules | None = None,
 ) -> dict[str, Any]:
-    """Exact and per-cell accuracy after `max_steps` (halt never) and at the adaptive halting step."""
+    """Exact and per-cell accuracy after `policy.max_steps` (halt never) and where `policy` halts each puzzle.
+
+    Every puzzle runs all the steps; `inference.halting.first_halts` then asks the policy after each step, as the
+    server's scheduler does, so both figures come from one computation. `rules` is the puzzle family's codec, as
+    in the server: every step's answer keeps the user's cells (`settle`), and an adaptive policy halts a puzzle at
+    its first verified answer (`check_tokens`); without it only the Q head and the horizon halt. The default
+    policy is the reference's rule (0.5 over `halt_max_steps`).
+    """
     device = device or next(model.parameters()).device
-    max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
+    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr]
     n = min(len(data), limit) if limit else len(data)
     sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
-    preds_never, preds_adaptive, q_adaptive, q_never, exact_rows = [], [], [], [], []
+    reasons: dict[str, int] = {}
+    preds_never, preds_adaptive, q_adaptive, q_never, exact_rows, steps_rows, verified_rows = [], [], [], [], [], [], []
     start = time.perf_counter()
     bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         inputs, labels, ids = data.tensors(lo, hi, device)
-        b = hi - lo
-        halted_at = torch.zeros(b, dtype=torch.long, device=device)
-        adaptive = torch.zeros_like(labels)
-        q_at = torch.zeros(b, device=device)
-        pred, q_halt = adaptive, q_at
-        for step, pred, q_halt in run_steps(model, inputs, ids, max_steps, dtype):
-            newly = (halted_at == 0) & ((torch.sigmoid(q_halt) >= threshold) | (step == max_steps))
-            adaptive[newly] = pred[newly]
-            q_at[newly] = torch.sigmoid(q_halt[newly])
-            halted_at[newly] = step
-        valid = labels != 0
-        for key, p in (("", pred), ("ad_", adaptive)):
-            right = ((p == labels) & valid).sum(-1)
+        questions = inputs.cpu().numpy().reshape(hi - lo, -1)
+        answers, probs = [], []
+        for _, pred, q_halt in run_steps(model, inputs, ids, policy.max_steps, dtype):
+            answer = pred.cpu().numpy().reshape(hi - lo, -1)
+            answers.append(answer if rules is None else rules.settle(questions, answer))
+            probs.append(torch.sigmoid(q_halt).cpu().numpy())
+        trace, prob_trace = np.stack(answers), np.stack(probs)  # (steps, b, length), (steps, b)
+        verified = check_trace(rules if policy.checks_answers else None, questions, trace)
+        at, why = first_halts(policy, prob_trace, verified)
+        rows = np.arange(hi - lo)
+        adaptive, q_at = trace[at, rows], prob_trace[at, rows]
+        gold = labels.cpu().numpy()
+        valid = gold != 0
+        for key, p in (("", trace[-1]), ("ad_", adaptive)):
+            right = ((p.reshape(gold.shape) == gold) & valid).sum(-1)
             exact = right == valid.sum(-1)
             sums[key + "exact"] += int(exact.sum())
             sums[key + "cells"] += int(right.sum())
             if not key:
-                exact_rows.append(exact.cpu().numpy())
+                exact_rows.append(exact)
         sums["cells_total"] += int(valid.sum())
-        sums["steps"] += int(halted_at.sum())
+        sums["steps"] += int((at + 1).sum())
+        steps_rows.append(at + 1)
+        verified_rows.append(np.array([r is HaltReason.VERIFIED for r in why]))
+        for reason in why:
+            reasons[reason.value] = reasons.get(reason.value, 0) + 1
         if keep_predictions:
-            preds_never.append(pred.cpu().numpy())
-            preds_adaptive.append(adaptive.cpu().numpy())
-            q_adaptive.append(q_at.cpu().numpy())
-            q_never.append(torch.sigmoid(q_halt).cpu().numpy())
-        bar.update(b)
+            preds_never.append(trace[-1])
+            preds_adaptive.append(adaptive)
+            q_adaptive.append(q_at)
+            q_never.append(prob_trace[-1])
+        bar.update(hi - lo)
     bar.close()
     elapsed = time.perf_counter() - start
     result: dict[str, Any] = {
@@ -117,8 +143,10 @@ def evaluate_model(
         "adaptive_exact_accuracy": sums["ad_exact"] / max(1, n),
         "adaptive_cell_accuracy": sums["ad_cells"] / max(1, sums["cells_total"]),
         "mean_steps": sums["steps"] / max(1, n),
-        "max_steps": max_steps,
-        "halt_threshold": threshold,
+        "max_steps": policy.max_steps,
+        "halt_threshold": policy.threshold,
+        "halt_mode": policy.mode,
+        "halted_by": reasons,
         "seconds": round(elapsed, 2),
     }
     sides = np.asarray(data.extras["side"][:n]) if "side" in data.extras else np.zeros(0)
@@ -130,77 +158,59 @@ def evaluate_model(
         result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))
         result["adaptive_q"] = np.concatenate(q_adaptive) if q_adaptive else np.zeros(0)
         result["q"] = np.concatenate(q_never) if q_never else np.zeros(0)  # halting probability after the last step
+        result["steps"] = np.concatenate(steps_rows) if steps_rows else np.zeros(0, dtype=np.int64)
+        result["verified"] = np.concatenate(verified_rows) if verified_rows else np.zeros(0, dtype=bool)
     return result
 
 
 def turned_set(data: PuzzleSet, tid: int) -> PuzzleSet:
     """The same puzzles (and labels) under dihedral symmetry `tid` of the square."""
-    n = len(data)
-    inputs, labels = np.asarray(data.inputs), np.asarray(data.labels)
-    rows = dihedral_rows(inputs, np.full(n, tid)), dihedral_rows(labels, np.full(n, tid))
+    rows = turn_rows(np.asarray(data.inputs), tid), turn_rows(np.asarray(data.labels), tid)
     return PuzzleSet(*rows, data.puzzle_ids, data.groups, data.extras)
-
-
-def turn_back(answers: np.ndarray, tid: int) -> np.ndarray:
-    """Answers [..., N, L] given under symmetry `tid`, in the puzzles' own orientation."""
-    flat = answers.reshape(-1, answers.shape[-1])
-    return dihedral_rows(flat, np.full(len(flat), DIHEDRAL_INVERSE[tid])).reshape(answers.shape)
-
-
-def vote_views(answers: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Per puzzle, the answer most views gave, ties broken by mean halting probability.
-
-    `answers` [V, N, L] are already mapped back to the puzzle's own orientation, `probs` [V, N] their sigmoid(q_halt).
-    """
-    views, n, length = answers.shape
-    voted = np.empty((n, length), dtype=answers.dtype)
-    for i in range(n):
-        voted[i] = vote([(answers[v, i], float(probs[v, i])) for v in range(views)])[0]
-    return voted
 
 
 def evaluate_views(
     model: nn.Module,
     data: PuzzleSet,
     views: int,
-    halt: str = "adaptive",
     limit: int = 0,
     keep_predictions: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Evaluate under the first `views` dihedral symmetries and vote (see the module docstring).
+    """Evaluate under the first `views` dihedral symmetries and answer as the server does (`inference.views`).
 
-    Returns the voted figures, the per-view exact accuracies and the plain (identity view) result under
-    "single_view"; `mean_steps` counts the steps of all views, which is what the answer costs.
+    Under an adaptive policy with a rule check, the first verified view answers and the server stops the other
+    views then, so their steps count only up to that step; otherwise the views are voted. Returns the chosen
+    answers' figures, the per-view exact accuracies and the plain (identity view) result under "single_view";
+    `mean_steps` counts the steps of all views, which is what the answer costs.
     """
-    if not 1 <= views <= NUM_DIHEDRAL:
-        raise ValueError(f"views must be 1..{NUM_DIHEDRAL}, got {views}")
+    check_views(views)
     start = time.perf_counter()
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
     labels = np.asarray(data.labels)
-    key = ("adaptive_predictions", "adaptive_q") if halt == "adaptive" else ("predictions", "q")
-    answers, probs, per_view, steps = [], [], [], 0.0
-    single: dict[str, Any] = {}
-    for tid in range(views):
-        result = evaluate_model(model, turned_set(data, tid), keep_predictions=True, **kwargs)
-        answers.append(turn_back(result[key[0]], tid))
-        probs.append(result[key[1]])
-        per_view.append(result["adaptive_exact_accuracy"] if halt == "adaptive" else result["exact_accuracy"])
-        steps += result["mean_steps"] if halt == "adaptive" else result["max_steps"]
-        single = single or headline(result, halt)
-    voted = vote_views(np.stack(answers), np.stack(probs))
+    policy: HaltingPolicy | None = kwargs.get("policy")
+    adaptive = policy is None or policy.mode != "never"
+    key = ("adaptive_predictions", "adaptive_q") if adaptive else ("predictions", "q")
+    results = [evaluate_model(model, turned_set(data, tid), keep_predictions=True, **kwargs) for tid in range(views)]
+    answers = np.stack([turn_back(r[key[0]], tid) for tid, r in enumerate(results)])
+    probs = np.stack([r[key[1]] for r in results])
+    steps = np.stack([r["steps"] if adaptive else np.full(n, r["max_steps"]) for r in results])
+    verified = np.stack([r["verified"] for r in results])
+    chosen, cost = choose_all(answers, probs, verified, steps)
     valid = labels != 0
-    right = ((voted == labels) & valid).sum(-1)
+    right = ((chosen.reshape(labels.shape) == labels) & valid).sum(-1)
     exact = right == valid.sum(-1)
+    per_view = [r["adaptive_exact_accuracy"] if adaptive else r["exact_accuracy"] for r in results]
     out: dict[str, Any] = {
-        "halt": halt,
+        "halt": "adaptive" if adaptive else "never",
         "views": views,
         "exact_accuracy": float(exact.mean()) if n else 0.0,
         "cell_accuracy": float(right.sum() / max(1, valid.sum())),
-        "mean_steps": steps,
+        "mean_steps": float(cost.mean()) if n else 0.0,
+        "verified_views": int(verified.any(0).sum()),
         "exact_by_view": per_view,
-        "single_view": {k: v for k, v in single.items() if k not in ("puzzles", "seconds")},
+        "single_view": {k: v for k, v in headline(results[0]).items() if k not in ("puzzles", "seconds")},
         "puzzles": n,
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -208,12 +218,82 @@ def evaluate_views(
     if len(np.unique(sides)) > 1:
         out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
     if keep_predictions:
-        out["predictions"] = voted
+        out["predictions"] = chosen
     return out
 
 
-def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
-    """The summary line: `exact_accuracy` etc. refer to the chosen halting mode, the other mode alongside."""
+def evaluate_escalated(
+    model: nn.Module,
+    data: PuzzleSet,
+    escalation: Escalation,
+    views: int = 1,
+    limit: int = 0,
+    keep_predictions: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """What the server answers with a step budget (`inference.escalation`): the first round of `views`, then, for
+    the puzzles none of whose views was verified, as many more views as the budget covers.
+
+    Only the puzzles that escalate are run under the further views, so easy sets cost little more than one view.
+    `mean_steps` and `p95_steps` count every view's steps, which is what each answer cost.
+    """
+    check_views(views)
+    start = time.perf_counter()
+    n = min(len(data), limit) if limit else len(data)
+    data = data.subset(np.arange(n))
+    labels = np.asarray(data.labels)
+    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr]
+    length = labels.reshape(n, -1).shape[1]
+    total = max(views, min(escalation.views, NUM_DIHEDRAL))
+    answers = np.zeros((total, n, length), dtype=np.int64)
+    probs, steps = np.zeros((total, n)), np.zeros((total, n), dtype=np.int64)
+    verified = np.zeros((total, n), dtype=bool)
+
+    def run(tid: int, rows: np.ndarray) -> dict[str, Any]:
+        result = evaluate_model(model, turned_set(data.subset(rows), tid), keep_predictions=True, **kwargs)
+        answers[tid, rows] = turn_back(result["adaptive_predictions"], tid).reshape(len(rows), -1)
+        probs[tid, rows], steps[tid, rows] = result["adaptive_q"], result["steps"]
+        verified[tid, rows] = result["verified"]
+        return result
+
+    everyone = np.arange(n)
+    first = [run(tid, everyone) for tid in range(views)]
+    unsolved = np.flatnonzero(~verified[:views].any(0))
+    if len(unsolved) and escalation.next_views(views, 0, policy.max_steps):
+        for tid in range(views, total):
+            run(tid, unsolved)
+    chosen, cost, tried = escalate_all(escalation, views, policy.max_steps, answers, probs, verified, steps)
+    valid = labels.reshape(n, -1) != 0
+    right = ((chosen == labels.reshape(n, -1)) & valid).sum(-1)
+    exact = right == valid.sum(-1)
+    out: dict[str, Any] = {
+        "halt": policy.mode,
+        "views": views,
+        "budget_steps": escalation.budget,
+        "exact_accuracy": float(exact.mean()) if n else 0.0,
+        "cell_accuracy": float(right.sum() / max(1, valid.sum())),
+        "mean_steps": float(cost.mean()) if n else 0.0,
+        "median_steps": float(np.median(cost)) if n else 0.0,
+        "p95_steps": float(np.percentile(cost, 95)) if n else 0.0,
+        "mean_views_tried": float(tried.mean()) if n else 0.0,
+        "escalated": float((tried > views).mean()) if n else 0.0,
+        "verified": float(verified[:, everyone].any(0).mean()) if n else 0.0,
+        "first_round": {k: v for k, v in headline(first[0]).items() if k not in ("puzzles", "seconds")},
+        "puzzles": n,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
+    if len(np.unique(sides)) > 1:
+        out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
+    if keep_predictions:
+        out["predictions"], out["steps"], out["views_tried"] = chosen, cost, tried
+    return out
+
+
+def headline(result: dict[str, Any], halt: str | None = None) -> dict[str, Any]:
+    """The summary line: `exact_accuracy` etc. refer to the chosen halting mode (default: the policy's), the
+    other alongside."""
+    halt = halt or ("never" if result.get("halt_mode") == "never" else "adaptive")
     never = {"exact_accuracy": result["exact_accuracy"], "cell_accuracy": result["cell_accuracy"]}
     adaptive = {
         "exact_accuracy": result["adaptive_exact_accuracy"],
@@ -225,7 +305,13 @@ def headline(result: dict[str, Any], halt: str) -> dict[str, Any]:
         **chosen,
         "mean_steps": result["mean_steps"] if halt == "adaptive" else result["max_steps"],
         "never": never,
-        "adaptive": {**adaptive, "mean_steps": result["mean_steps"], "halt_threshold": result["halt_threshold"]},
+        "adaptive": {
+            **adaptive,
+            "mean_steps": result["mean_steps"],
+            "halt_threshold": result["halt_threshold"],
+            "halt_mode": result.get("halt_mode"),
+            "halted_by": result.get("halted_by"),
+        },
         "puzzles": result["puzzles"],
         "seconds": result["seconds"],
     }
@@ -239,8 +325,24 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def puzzle_rules(config: TRMConfig) -> Rules | None:
+    """The checkpoint's codec, which settles and checks answers as the server's does (None where none fits)."""
+    try:
+        return get_codec(config.family, config.seq_len)
+    except ValueError:
+        return None
+
+
+def check_trace(rules: Rules | None, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray | None:
+    """The rule check of every traced step's answers [steps, N, L] to `inputs` [N, L]: [steps, N], or None."""
+    if rules is None:
+        return None
+    checks = [rules.check_tokens(inputs, step) for step in answers]
+    return None if any(c is None for c in checks) else np.stack(checks)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from model.checkpoint import card_max_steps, card_threshold, load_checkpoint, read_card_metrics
+    from model.checkpoint import load_checkpoint, read_card_metrics
     from training.data.sources import load_eval_data
     from training.evaluate_arc import add_arc_arguments, run_arc
 
@@ -252,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a built dataset dir, a CSV file (Sudoku-Extreme / Maze-Hard format), or a generator spec "
         "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]",
     )
-    parser.add_argument("--halt", choices=["adaptive", "never"], default="adaptive")
+    parser.add_argument(
+        "--halt",
+        choices=list(HALT_MODES),
+        default="adaptive",
+        help="adaptive: verified answers and the Q head halt (the server's default); q_head: the Q head alone; "
+        "never: all steps",
+    )
     parser.add_argument(
         "--halt-threshold",
         type=float,
@@ -279,12 +387,22 @@ def main(argv: list[str] | None = None) -> int:
         help="Sudoku and mazes: vote over the first K (1..8) symmetries of the square; costs K times the steps",
     )
     parser.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_BUDGET_STEPS,
+        metavar="STEPS",
+        help="Sudoku and mazes under adaptive halting: steps over all views a puzzle whose answer fails the rule "
+        f"check may spend on more views, as the server's budget (default {DEFAULT_BUDGET_STEPS}; 0: none)",
+    )
+    parser.add_argument(
         "--record", metavar="NAME", help="also store the figures under NAME in WEIGHTS/metrics.json (model card data)"
     )
     add_arc_arguments(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.views <= NUM_DIHEDRAL:
         parser.error(f"--views must be 1..{NUM_DIHEDRAL}, got {args.views}")
+    if args.budget < 0:
+        parser.error(f"--budget must be 0 or more steps, got {args.budget}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -301,22 +419,26 @@ def main(argv: list[str] | None = None) -> int:
         return run_arc(args, ckpt, device, dtype)
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
-    card = read_card_metrics(args.weights)
-    threshold = args.halt_threshold or card_threshold(card, args.views)
-    max_steps = args.max_steps or card_max_steps(card, args.views) or ckpt.config.halt_max_steps
+    calibration = Calibration.from_card(read_card_metrics(args.weights), ckpt.config)
+    policy = calibration.policy(args.views, args.halt, threshold=args.halt_threshold, max_steps=args.max_steps)
     common = {
         "batch_size": args.batch_size,
         "device": device,
         "dtype": dtype,
         "limit": args.limit,
-        "max_steps": max_steps,
+        "policy": policy,
+        "rules": puzzle_rules(ckpt.config),
     }
-    if args.views == 1:
-        figures = headline(evaluate_model(model, data, progress=True, threshold=threshold, **common), args.halt)
+    escalation = Escalation(args.budget) if args.budget and policy.checks_answers and common["rules"] else None
+    if escalation is not None:
+        figures = evaluate_escalated(model, data, escalation, args.views, **common)
+    elif args.views == 1:
+        figures = headline(evaluate_model(model, data, progress=True, **common))
     else:
-        figures = evaluate_views(model, data, args.views, args.halt, threshold=threshold, progress=True, **common)
+        figures = evaluate_views(model, data, args.views, progress=True, **common)
     precision = dtype_name(dtype)
-    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision, "max_steps": max_steps}
+    summary = {"weights": str(Path(args.weights)), "data": args.data, "dtype": precision}
+    summary["max_steps"] = policy.max_steps
     summary.update(figures)
     if args.record:
         record_metrics(Path(args.weights), args.record, summary)

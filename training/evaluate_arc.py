@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from inference.halting import DEFAULT_HALT_THRESHOLD, HaltingPolicy, HaltMode
 from model.adapt import (
     demonstration_batch,
     fit_puzzle_vectors,
@@ -119,7 +120,7 @@ def evaluate_arc(
     identifiers: list[str] | None = None,
     max_variants: int = 0,
     adapt: AdaptOptions | None = None,
-    halt: Literal["adaptive", "never"] = "adaptive",
+    halt: HaltMode = "adaptive",
     batch_size: int = 256,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
@@ -197,11 +198,13 @@ def evaluate_arc(
         hidden = config.hidden_size
         runner.puzzle_emb = torch.cat([torch.zeros(1, hidden, device=device), *fitted])
     data = rows.puzzle_set(side)
+    # ARC has no rule check: its variants halt by the Q head at the reference's 0.5, or run every step.
+    policy = HaltingPolicy(DEFAULT_HALT_THRESHOLD, max_steps or config.halt_max_steps, halt)
     result = evaluate_model(
-        runner, data, batch_size, device, max_steps, dtype=dtype, progress=progress, keep_predictions=True
+        runner, data, batch_size, device, policy, dtype=dtype, progress=progress, keep_predictions=True
     )
-    preds = result["adaptive_predictions"] if halt == "adaptive" else result["predictions"]
-    probs = result["adaptive_q"] if halt == "adaptive" else result["q"]
+    preds = result["adaptive_predictions"] if halt != "never" else result["predictions"]
+    probs = result["adaptive_q"] if halt != "never" else result["q"]
 
     candidates: dict[tuple[str, int], list[tuple[Grid | None, float]]] = {}
     for i, (name, t, variant) in enumerate(rows.keys):

@@ -58,3 +58,17 @@ class Codec(ABC):
     @abstractmethod
     def verify(self, puzzle: Any, answer: Any) -> bool | None:
         """Check a decoded answer against the family's rules; None where no rule check exists (ARC)."""
+
+    def settle(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """The answers [N, seq_len] that predictions [N, seq_len] give for `inputs`: every cell the user gave
+        (Sudoku givens; maze walls, S and G) kept as given, whatever the model predicted there. An answer never
+        alters what the user gave; a prediction that needed it altered simply fails the rule check."""
+        return np.asarray(answers)
+
+    def check_tokens(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray | None:
+        """`verify` for a batch at the token level: bool [N] for answers [N, seq_len] to inputs [N, seq_len].
+
+        What halting asks after every step, so it must agree with `verify(puzzle, decode(answer, puzzle))` for the
+        puzzle that `inputs` encodes. None where the family has no exact rule check.
+        """
+        return None

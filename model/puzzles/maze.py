@@ -121,6 +121,14 @@ def mark_path(grid: np.ndarray) -> np.ndarray:
     return out
 
 
+def project(question: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The answer a prediction gives for `question`: the question with only its open cells that the prediction
+    marks 'o' turned into 'o'. Walls, S and G are the user's and never change, whatever the model predicts; a
+    prediction that needs them changed simply is not a path, and the rule check says so."""
+    predicted = np.asarray(predicted)
+    return np.where((question == OPEN) & (predicted == PATH), PATH, question).astype(predicted.dtype)
+
+
 def is_shortest_path_answer(question: np.ndarray, answer: np.ndarray) -> bool:
     """True iff `answer` is `question` with some open cells turned 'o' that form a shortest S->G path."""
     if answer.shape != question.shape:
@@ -186,9 +194,10 @@ class MazeCodec(Codec):
         return padded.reshape(-1)
 
     def decode(self, tokens: np.ndarray, puzzle: np.ndarray) -> list[str]:
+        """The maze as given, with the predicted path's open cells marked 'o' (see `project`)."""
         h, w = puzzle.shape
         grid = np.asarray(tokens)[: self.seq_len].reshape(self.side, self.side)[:h, :w]
-        return tokens_to_chars(grid)
+        return tokens_to_chars(project(puzzle, grid))
 
     def verify(self, puzzle: np.ndarray, answer: Any) -> bool:
         """True iff `answer` (rows of '# SGo') marks a shortest S->G path with 'o'; malformed answers are False."""
@@ -198,3 +207,13 @@ class MazeCodec(Codec):
         if not all(isinstance(row, str) and len(row) == w and set(row) <= set("# SGo") for row in answer):
             return False
         return is_shortest_path_answer(puzzle, chars_to_tokens(answer))
+
+    def settle(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        # The padding around a smaller maze is walls in the input, so whatever is predicted there goes too.
+        return project(np.asarray(inputs), np.asarray(answers))
+
+    def check_tokens(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        n, side = len(inputs), self.side
+        questions = np.asarray(inputs)[:, : self.seq_len].reshape(n, side, side).astype(np.uint8)
+        predicted = np.asarray(answers)[:, : self.seq_len].reshape(n, side, side)
+        return np.array([is_shortest_path_answer(q, project(q, p)) for q, p in zip(questions, predicted, strict=True)])

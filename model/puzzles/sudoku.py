@@ -156,7 +156,11 @@ class SudokuCodec(Codec):
         return tokens
 
     def decode(self, tokens: np.ndarray, puzzle: Any = None) -> list[list[int]]:
+        """The predicted grid; with `puzzle`, its givens stand whatever was predicted in their cells."""
         grid = decode_tokens(np.asarray(tokens)[: self.seq_len], self.side)
+        if puzzle is not None:
+            given = np.asarray(puzzle)
+            grid = np.where(given != 0, given, grid)
         return [[int(v) for v in row] for row in grid]
 
     def verify(self, puzzle: np.ndarray, answer: Any) -> bool:
@@ -168,3 +172,13 @@ class SudokuCodec(Codec):
         if arr.shape != (self.side, self.side) or arr.dtype.kind not in "iu":
             return False
         return bool(is_valid_solution(arr, np.asarray(puzzle)))
+
+    def settle(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        inputs = np.asarray(inputs)
+        settled: np.ndarray = np.where(inputs >= 2, inputs, answers)  # token 1 is a blank, 2.. a given digit
+        return settled
+
+    def check_tokens(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        puzzles = decode_tokens(np.asarray(inputs)[:, : self.seq_len], self.side)
+        ok: np.ndarray = is_valid_solution(decode_tokens(np.asarray(answers)[:, : self.seq_len], self.side), puzzles)
+        return ok

@@ -173,3 +173,27 @@ def test_registry_has_maze() -> None:
     assert CODECS["maze"] is MazeCodec
     codec = get_codec("maze", 900)
     assert isinstance(codec, MazeCodec) and codec.side == 30 and codec.vocab_size == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=49, max_size=49))
+def test_an_answer_never_alters_a_wall_s_or_g_whatever_the_model_predicts(predicted: list[int]) -> None:
+    codec = MazeCodec(49)  # a 7x7 model: the 5x5 maze is padded with walls
+    puzzle = codec.parse(MAZE)
+    tokens = np.array(predicted, dtype=np.uint8)
+    answer = codec.decode(tokens, puzzle)
+    for row, given_row in zip(answer, MAZE, strict=True):
+        for ch, given_ch in zip(row, given_row, strict=True):
+            assert ch == given_ch or (given_ch == " " and ch == "o")  # only open cells may become path
+    settled = codec.settle(codec.encode(puzzle)[None], tokens[None])[0]
+    assert tokens_to_chars(settled.reshape(7, 7)[:5, :5]) == answer
+    assert codec.check_tokens(codec.encode(puzzle)[None], tokens[None]).tolist() == [codec.verify(puzzle, answer)]
+
+
+def test_the_rule_check_accepts_the_marked_shortest_path_and_settling_it_changes_nothing() -> None:
+    codec = MazeCodec(49)
+    puzzle = codec.parse(MAZE)
+    padded = codec.encode(puzzle).reshape(7, 7)
+    solved = mark_path(padded)
+    assert codec.check_tokens(padded.reshape(1, -1), solved.reshape(1, -1)).tolist() == [True]
+    assert (codec.settle(padded.reshape(1, -1), solved.reshape(1, -1)) == solved.reshape(1, -1)).all()

@@ -47,7 +47,20 @@ def test_decode_round_trips_and_non_digit_tokens_become_blank(codec: SudokuCodec
     assert codec.decode(codec.encode(np.array(SOLUTION, dtype=np.int8)), puzzle) == SOLUTION
     tokens = codec.encode(np.array(SOLUTION, dtype=np.int8))
     tokens[:3] = [0, 1, 11]
-    assert codec.decode(tokens, puzzle)[0][:4] == [0, 0, 0, SOLUTION[0][3]]
+    assert codec.decode(tokens)[0][:4] == [0, 0, 0, SOLUTION[0][3]]
+    # With the puzzle, its givens stand whatever was predicted in their cells; other cells read as predicted.
+    assert codec.decode(tokens, puzzle)[0][:3] == [int(v) if v else 0 for v in puzzle[0][:3]]
+
+
+def test_settle_keeps_every_given_and_takes_the_prediction_elsewhere(codec: SudokuCodec) -> None:
+    puzzle = codec.encode(codec.parse(PUZZLE))[None]
+    predicted = np.full_like(puzzle, 7)
+    settled = codec.settle(puzzle, predicted)
+    given = puzzle >= 2
+    assert (settled[given] == puzzle[given]).all() and (settled[~given] == 7).all()
+    solution = codec.encode(np.array(SOLUTION, dtype=np.int8))[None]
+    assert codec.check_tokens(puzzle, solution).tolist() == [True]
+    assert codec.check_tokens(puzzle, settled).tolist() == [False]
 
 
 def test_batch_helpers_agree_with_the_codec(codec: SudokuCodec) -> None:

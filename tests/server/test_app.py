@@ -39,9 +39,11 @@ ARC_TASK = {
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sudoku-tiny, maze-tiny (10x10), arc-tiny (10x10), and sudoku-tiny-halts whose halting head fires at once."""
+    """sudoku-tiny, maze-tiny (10x10), arc-tiny (10x10), sudoku-tiny-halts whose halting head fires at once, and
+    maze-tiny-views, whose untrained answers mark different open cells when the maze is turned."""
     weights = write_tiny_weights(tmp_path_factory.mktemp("weights"))
     write_checkpoint(weights / "sudoku-tiny-halts", "sudoku", 81, seed=4, q_halt_bias=5.0)
+    write_checkpoint(weights / "maze-tiny-views", "maze", 100, seed=4)
     return weights
 
 
@@ -136,13 +138,14 @@ def turned(rows: list[Any], tid: int, inverse: bool = False) -> list[Any]:
 
 
 def test_views_answer_what_most_turned_copies_answer(client: TestClient) -> None:
-    # A maze: the untrained tiny Sudoku model answers the same constant grid however the puzzle is turned.
-    puzzle, grid = "maze", MAZE_10
-    body = solve(client, puzzle=puzzle, grid=grid, views=8).json()
+    # A maze: the untrained tiny Sudoku model answers the same constant grid however the puzzle is turned, and an
+    # answer keeps the maze's walls, S and G, so views differ only where this model marks open cells differently.
+    puzzle, grid, model = "maze", MAZE_10, "maze-tiny-views"
+    body = solve(client, puzzle=puzzle, grid=grid, views=8, model=model).json()
     # The same puzzle turned by the client, one request per symmetry, turned back and counted.
     answers = []
     for tid in range(8):
-        one = solve(client, puzzle=puzzle, grid=turned(grid, tid)).json()
+        one = solve(client, puzzle=puzzle, grid=turned(grid, tid), model=model).json()
         answers.append((turned(one["solution"], tid, inverse=True), one["halt_probability"]))
     assert len({json.dumps(a) for a, _ in answers}) > 1  # an untrained model answers differently per view
     tally: dict[str, list[float]] = {}
@@ -152,7 +155,7 @@ def test_views_answer_what_most_turned_copies_answer(client: TestClient) -> None
     assert body["solution"] == json.loads(best)
     assert body["votes"] == len(tally[best])
     assert body["halt_probability"] == pytest.approx(sum(tally[best]) / len(tally[best]), abs=1e-5)
-    assert "votes" not in solve(client, puzzle=puzzle, grid=grid).json()  # one view: the plain contract
+    assert "votes" not in solve(client, puzzle=puzzle, grid=grid, model=model).json()  # one view: the plain contract
 
 
 def test_default_views_applies_to_sudoku_and_mazes_that_do_not_say(weights: Path) -> None:

@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
+from inference.halting import HaltingPolicy, HaltMode, HaltReason, Rules
 from model.puzzles import get_codec
 from model.trm import Carry
 from server.engine import StepResult, TorchEngine
-from server.scheduler import Draining, HaltReason, Job, ModelScheduler, QueueFull, Scheduler
-from tests.server.conftest import sudoku_puzzle, tiny_model
+from server.scheduler import Draining, Job, ModelScheduler, QueueFull, Scheduler
+from tests.server.conftest import SOLVED, sudoku_puzzle, tiny_model
 
 CODEC = get_codec("sudoku", 81)
+SOLUTION = CODEC.encode(np.asarray(SOLVED))  # every test puzzle blanks cells of SOLVED: this solves them all
 
 
 def make_engine(slots: int = 4, seed: int = 0) -> TorchEngine:
@@ -31,9 +33,17 @@ def make_engine(slots: int = 4, seed: int = 0) -> TorchEngine:
     return TorchEngine(model, config, slots, torch.device("cpu"))
 
 
-def make_job(engine: TorchEngine, seed: int = 0, max_steps: int = 6, **kwargs: object) -> Job:
+def make_job(
+    engine: TorchEngine,
+    seed: int = 0,
+    max_steps: int = 6,
+    halt: HaltMode = "adaptive",
+    threshold: float = 0.5,
+    **kwargs: object,
+) -> Job:
     tokens = CODEC.encode(CODEC.parse(sudoku_puzzle(seed=seed))).astype(np.int64)
-    return Job(tokens=tokens, vector=engine.vector_for(0), max_steps=max_steps, **kwargs)  # type: ignore[arg-type]
+    policy = HaltingPolicy(threshold, max_steps, halt)
+    return Job(tokens=tokens, vector=engine.vector_for(0), policy=policy, **kwargs)  # type: ignore[arg-type]
 
 
 class Steer:
@@ -43,6 +53,7 @@ class Steer:
         self.sched = sched
         self.halt_at: dict[int, int] = {}  # job id -> step at which its halting head fires
         self.nan_at: dict[int, int] = {}  # job id -> step whose result is marked non-finite
+        self.solve_at: dict[int, int] = {}  # job id -> step from which its answer is the puzzle's solution
         self.batches: list[list[int]] = []  # job ids of every step, in slot order
         self.rows: list[int] = []  # rows computed by every step (a static batch keeps its halted rows)
 
@@ -52,7 +63,7 @@ class Steer:
         jobs = [self.sched.slots[s] for s in slots]
         self.rows.append(len(jobs))
         self.batches.append([job.id for job in jobs if job is not None])
-        q_halt, finite = result.q_halt.copy(), result.finite.copy()
+        q_halt, finite, tokens = result.q_halt.copy(), result.finite.copy(), result.tokens.copy()
         for row, job in enumerate(jobs):
             if job is None:  # a halted row that a static batch still computes
                 continue
@@ -61,11 +72,15 @@ class Steer:
                 q_halt[row] = 20.0
             if self.nan_at.get(job.id) == step:
                 finite[row] = False
-        return replace(result, q_halt=q_halt, finite=finite)
+            if step >= self.solve_at.get(job.id, math.inf):
+                tokens[row] = SOLUTION
+        return replace(result, q_halt=q_halt, finite=finite, tokens=tokens)
 
 
-def scheduler(slots: int = 2, capacity: int = 8, policy: str = "continuous") -> tuple[ModelScheduler, Steer]:
-    sched = ModelScheduler("sudoku-tiny", make_engine(slots), capacity, policy=policy)  # type: ignore[arg-type]
+def scheduler(
+    slots: int = 2, capacity: int = 8, policy: str = "continuous", rules: Rules | None = None
+) -> tuple[ModelScheduler, Steer]:
+    sched = ModelScheduler("sudoku-tiny", make_engine(slots), capacity, policy=policy, rules=rules)  # type: ignore[arg-type]
     steer = Steer(sched)
     sched.engine.hooks.append(steer)
     return sched, steer
@@ -110,6 +125,65 @@ def test_puzzle_halting_at_step_k_gets_exactly_k_step_states() -> None:
     np.testing.assert_array_equal(early.answer, early.steps[-1].tokens)
     assert late.steps_used == 8 and late.halted_by is HaltReason.MAX_STEPS
     assert [r.step for r in late.steps] == list(range(1, 9))
+
+
+def test_an_adaptive_puzzle_halts_at_its_first_verified_answer_and_q_head_mode_runs_on() -> None:
+    sched, steer = scheduler(slots=3, rules=CODEC)
+    adaptive = make_job(sched.engine, seed=1, max_steps=6, record_steps=True)
+    research = make_job(sched.engine, seed=2, max_steps=6, halt="q_head")
+    unsolved = make_job(sched.engine, seed=3, max_steps=6)
+    steer.solve_at[adaptive.id] = steer.solve_at[research.id] = 3
+    for job in (adaptive, research, unsolved):
+        sched.submit(job)
+    finished: dict[int, list[Job]] = {}
+    tick = 0
+    while sched.has_work:
+        tick += 1
+        finished[tick] = sched.tick()
+
+    assert finished[3] == [adaptive]  # stopped at the step its answer first passed the rule check
+    assert adaptive.halted_by is HaltReason.VERIFIED and adaptive.verified is True and adaptive.steps_used == 3
+    np.testing.assert_array_equal(adaptive.answer, SOLUTION)
+    assert [r.step for r in adaptive.steps] == [1, 2, 3]
+    # The Q head alone (the paper's inference) never asks the rule check: it runs until its head or max_steps.
+    assert research.halted_by is HaltReason.MAX_STEPS and research.steps_used == 6 and research.verified is None
+    assert unsolved.halted_by is HaltReason.MAX_STEPS and unsolved.verified is False
+    given = unsolved.tokens >= 2  # an answer never alters a given, whatever the untrained model predicts there
+    assert unsolved.answer is not None and np.array_equal(unsolved.answer[given], unsolved.tokens[given])
+
+
+def test_a_q_head_halt_still_ends_an_unverified_puzzle_and_no_check_means_no_verdict() -> None:
+    sched, steer = scheduler(slots=2, rules=CODEC)
+    wrong = make_job(sched.engine, seed=1, max_steps=6)
+    steer.halt_at[wrong.id] = 2
+    sched.submit(wrong)
+    while sched.has_work:
+        sched.tick()
+    assert wrong.halted_by is HaltReason.Q_HEAD and wrong.verified is False and wrong.steps_used == 2
+
+    plain, steer = scheduler(slots=2)  # a family without a rule check (ARC): nothing is verified
+    job = make_job(plain.engine, seed=1, max_steps=4)
+    steer.solve_at[job.id] = 1
+    plain.submit(job)
+    while plain.has_work:
+        plain.tick()
+    assert job.halted_by is HaltReason.MAX_STEPS and job.verified is None
+
+
+def test_a_failing_rule_check_does_not_fail_the_step() -> None:
+    class Broken:
+        settle = CODEC.settle
+
+        def check_tokens(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
+            raise RuntimeError("checker bug")
+
+    sched, steer = scheduler(slots=2, rules=Broken())
+    job = make_job(sched.engine, seed=1, max_steps=3)
+    steer.solve_at[job.id] = 1
+    sched.submit(job)
+    while sched.has_work:
+        sched.tick()
+    assert job.error is None and job.halted_by is HaltReason.MAX_STEPS and job.verified is None
 
 
 def test_steps_are_not_recorded_unless_asked() -> None:

@@ -9,20 +9,33 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import card_max_steps, card_threshold, save_checkpoint
+from inference.halting import Calibration, HaltingPolicy
+from model.checkpoint import save_checkpoint
+from model.config import TRMConfig
 from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
-from training.calibrate import choose, sweep, sweep_views, trace, trace_views
+from training.calibrate import choose, sweep, sweep_views, trace_answers, trace_views
 from training.evaluate import evaluate_model, evaluate_views
 
 # Three puzzles, four steps. Puzzle 0 is right from step 2 on; puzzle 1 only at step 4; puzzle 2 is right at step 1
 # and broken by step 3 (recursion can drift away from a right answer).
 CORRECT = np.array([[0, 0, 1], [1, 0, 1], [1, 0, 0], [1, 1, 0]], dtype=bool)
 PROBS = np.array([[0.6, 0.1, 0.7], [0.92, 0.2, 0.97], [0.99, 0.3, 0.99], [0.99, 0.5, 0.99]])
+LABELS = np.ones((3, 1), dtype=np.int64)  # one cell per puzzle: answer 1 is right, 2 wrong
+ANSWERS = np.where(CORRECT, 1, 2)[..., None]
+
+
+def card_threshold(card: dict[str, object], views: int = 1) -> float:
+    return Calibration.from_card(card, TRMConfig()).threshold(views)
+
+
+def card_max_steps(card: dict[str, object], views: int = 1) -> int | None:
+    record = Calibration.from_card(card, TRMConfig()).record(views)
+    return None if record is None else record.max_steps
 
 
 def test_sweep_halts_each_puzzle_at_its_first_step_over_the_threshold() -> None:
-    rows = {r["threshold"]: r for r in sweep(CORRECT, PROBS, (0.5, 0.9, 0.95, 0.99))}
+    rows = {r["threshold"]: r for r in sweep(ANSWERS, PROBS, LABELS, None, (0.5, 0.9, 0.95, 0.99))}
     # 0.5: puzzle 0 halts at step 1 (wrong), 1 at step 4 (right), 2 at step 1 (right).
     assert rows[0.5] == {"threshold": 0.5, "exact_accuracy": pytest.approx(2 / 3, abs=1e-4), "mean_steps": 2.0}
     # 0.9: steps 2, 4 (never passes: forced at the last step), 2 -> all right.
@@ -32,7 +45,7 @@ def test_sweep_halts_each_puzzle_at_its_first_step_over_the_threshold() -> None:
 
 
 def test_choose_takes_the_lowest_threshold_within_tolerance_of_the_best_else_the_most_accurate() -> None:
-    rows = sweep(CORRECT, PROBS, (0.5, 0.9, 0.95, 0.99))
+    rows = sweep(ANSWERS, PROBS, LABELS, None, (0.5, 0.9, 0.95, 0.99))
     never = CORRECT[-1].mean()  # 2/3, as 0.5 and 0.99 get; 0.9 and 0.95 get every puzzle right
     assert choose(rows, never, tolerance=0.005) == 0.9  # 0.5 matches `never`, but 0.9 is a third better
     assert choose(rows, never, tolerance=0.34) == 0.5  # a loose tolerance: the cheapest within reach of the best
@@ -45,7 +58,8 @@ def test_trace_matches_the_manual_step_loop() -> None:
     inputs = inputs_for(8)
     preds, qs = manual_steps(model, inputs)
     labels = preds[1].copy()
-    correct, probs = trace(model, puzzle_set(inputs, labels), batch_size=3)
+    answers, probs = trace_answers(model, puzzle_set(inputs, labels), batch_size=3)
+    correct = (answers == labels).all(-1)
     assert correct.shape == probs.shape == (model.config.halt_max_steps, 8)
     assert correct[1].all()
     expected = [[np.array_equal(p[i], labels[i]) for i in range(8)] for p in preds]
@@ -56,10 +70,12 @@ def test_trace_matches_the_manual_step_loop() -> None:
 def test_evaluate_uses_the_threshold_it_is_given() -> None:
     model = tiny_model(q_bias=0.0, q_weight_std=1.0)
     data = puzzle_set(inputs_for(16), np.ones((16, 16), np.uint8))
-    correct, probs = trace(model, data)
+    answers, probs = trace_answers(model, data)
+    steps = model.config.halt_max_steps
     for t in (0.3, 0.6, 0.9):
-        expected = sweep(correct, probs, (t,))[0]["mean_steps"]
-        assert evaluate_model(model, data, threshold=t)["mean_steps"] == pytest.approx(expected, abs=1e-3)
+        expected = sweep(answers, probs, np.asarray(data.labels), None, (t,))[0]["mean_steps"]
+        result = evaluate_model(model, data, policy=HaltingPolicy(t, steps))
+        assert result["mean_steps"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_sweep_views_scores_the_vote_of_views_that_each_halt_at_their_own_step() -> None:
@@ -67,16 +83,15 @@ def test_sweep_views_scores_the_vote_of_views_that_each_halt_at_their_own_step()
     answers = np.array([[[[2]], [[1]]], [[[1]], [[1]]], [[[2]], [[1]]]])  # (views, steps, puzzles, length)
     probs = np.array([[[0.6], [0.9]], [[0.95], [0.99]], [[0.7], [0.9]]])  # (views, steps, puzzles)
     labels = np.array([[1]])
-    rows = {r["threshold"]: r for r in sweep_views(answers, probs, labels, (0.5, 0.8, 0.97))}
+    rows = {r["threshold"]: r for r in sweep_views(answers, probs, labels, None, (0.5, 0.8, 0.97))}
     # 0.5: every view halts at step 1; views 0 and 2 say 2, and two votes beat one.
     assert rows[0.5] == {"threshold": 0.5, "exact_accuracy": 0.0, "mean_steps": 3.0}
     # 0.8: views 0 and 2 go on to step 2 and answer 1; view 1 halted at step 1 with 1: 1+2+2 steps.
     assert rows[0.8] == {"threshold": 0.8, "exact_accuracy": 1.0, "mean_steps": 5.0}
     # 0.97: view 1 waits for step 2 too.
     assert rows[0.97]["mean_steps"] == 6.0
-    one = sweep_views(answers[:1], probs[:1], labels, (0.5, 0.8))
-    correct = (answers[0] == labels).all(-1)
-    assert one == sweep(correct, probs[0], (0.5, 0.8))  # a single view's sweep is the plain one
+    one = sweep_views(answers[:1], probs[:1], labels, None, (0.5, 0.8))
+    assert one == sweep(answers[0], probs[0], labels, None, (0.5, 0.8))  # a single view's sweep is the plain one
 
 
 def test_trace_views_and_its_sweep_match_evaluate_views() -> None:
@@ -88,12 +103,14 @@ def test_trace_views_and_its_sweep_match_evaluate_views() -> None:
     assert answers.shape == (8, model.config.halt_max_steps, 8, 16) and probs.shape == answers.shape[:3]
     for tid in range(8):
         assert np.array_equal(answers[tid, -1], answer_under(model, inputs, tid))
-    for row in sweep_views(answers, probs, labels, (0.3, 0.6, 0.9)):
-        voted = evaluate_views(model, data, 8, threshold=row["threshold"], batch_size=3)
+    steps = model.config.halt_max_steps
+    for row in sweep_views(answers, probs, labels, None, (0.3, 0.6, 0.9)):
+        voted = evaluate_views(model, data, 8, policy=HaltingPolicy(row["threshold"], steps), batch_size=3)
         assert row["exact_accuracy"] == pytest.approx(voted["exact_accuracy"], abs=1e-4)
         assert row["mean_steps"] == pytest.approx(voted["mean_steps"], abs=1e-3)
     never = calibrate.calibrate(model, data, 0.005, views=8)["never_exact_accuracy"]
-    assert never == pytest.approx(evaluate_views(model, data, 8, halt="never")["exact_accuracy"], abs=1e-4)
+    never_policy = HaltingPolicy(0.5, steps, "never")
+    assert never == pytest.approx(evaluate_views(model, data, 8, policy=never_policy)["exact_accuracy"], abs=1e-4)
 
 
 def test_cli_views_stores_its_own_threshold_beside_the_single_view_one(
