@@ -92,7 +92,7 @@ def evaluate_model(
     policy is the reference's rule (0.5 over `halt_max_steps`).
     """
     device = device or next(model.parameters()).device
-    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr]
+    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr,arg-type]
     n = min(len(data), limit) if limit else len(data)
     sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
     reasons: dict[str, int] = {}
@@ -237,15 +237,27 @@ def evaluate_escalated(
     Only the puzzles that escalate are run under the further views, so easy sets cost little more than one view.
     `mean_steps` and `p95_steps` count every view's steps, which is what each answer cost.
     """
+    return evaluate_budgets(model, data, [escalation], views, limit, keep_predictions, **kwargs)[0]
+
+
+def evaluate_budgets(
+    model: nn.Module,
+    data: PuzzleSet,
+    escalations: list[Escalation],
+    views: int = 1,
+    limit: int = 0,
+    keep_predictions: bool = False,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """`evaluate_escalated` for several budgets from one computation (the accuracy/compute curve)."""
     check_views(views)
     start = time.perf_counter()
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
-    labels = np.asarray(data.labels)
-    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr]
-    length = labels.reshape(n, -1).shape[1]
-    total = max(views, min(escalation.views, NUM_DIHEDRAL))
-    answers = np.zeros((total, n, length), dtype=np.int64)
+    labels = np.asarray(data.labels).reshape(n, -1)
+    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr,arg-type]
+    total = max(views, *(min(e.views, NUM_DIHEDRAL) for e in escalations))
+    answers = np.zeros((total, *labels.shape), dtype=np.int64)
     probs, steps = np.zeros((total, n)), np.zeros((total, n), dtype=np.int64)
     verified = np.zeros((total, n), dtype=bool)
 
@@ -256,37 +268,39 @@ def evaluate_escalated(
         verified[tid, rows] = result["verified"]
         return result
 
-    everyone = np.arange(n)
-    first = [run(tid, everyone) for tid in range(views)]
+    first = [run(tid, np.arange(n)) for tid in range(views)]
     unsolved = np.flatnonzero(~verified[:views].any(0))
-    if len(unsolved) and escalation.next_views(views, 0, policy.max_steps):
+    if len(unsolved) and any(e.next_views(views, 0, policy.max_steps) for e in escalations):
         for tid in range(views, total):
             run(tid, unsolved)
-    chosen, cost, tried = escalate_all(escalation, views, policy.max_steps, answers, probs, verified, steps)
-    valid = labels.reshape(n, -1) != 0
-    right = ((chosen == labels.reshape(n, -1)) & valid).sum(-1)
-    exact = right == valid.sum(-1)
-    out: dict[str, Any] = {
-        "halt": policy.mode,
-        "views": views,
-        "budget_steps": escalation.budget,
-        "exact_accuracy": float(exact.mean()) if n else 0.0,
-        "cell_accuracy": float(right.sum() / max(1, valid.sum())),
-        "mean_steps": float(cost.mean()) if n else 0.0,
-        "median_steps": float(np.median(cost)) if n else 0.0,
-        "p95_steps": float(np.percentile(cost, 95)) if n else 0.0,
-        "mean_views_tried": float(tried.mean()) if n else 0.0,
-        "escalated": float((tried > views).mean()) if n else 0.0,
-        "verified": float(verified[:, everyone].any(0).mean()) if n else 0.0,
-        "first_round": {k: v for k, v in headline(first[0]).items() if k not in ("puzzles", "seconds")},
-        "puzzles": n,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    seconds = round(time.perf_counter() - start, 2)
     sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
-    if len(np.unique(sides)) > 1:
-        out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
-    if keep_predictions:
-        out["predictions"], out["steps"], out["views_tried"] = chosen, cost, tried
+    valid = labels != 0
+    out = []
+    for escalation in escalations:
+        chosen, cost, tried = escalate_all(escalation, views, policy.max_steps, answers, probs, verified, steps)
+        right = ((chosen == labels) & valid).sum(-1)
+        exact = right == valid.sum(-1)
+        result: dict[str, Any] = {
+            "halt": policy.mode,
+            "views": views,
+            "budget_steps": escalation.budget,
+            "exact_accuracy": float(exact.mean()) if n else 0.0,
+            "cell_accuracy": float(right.sum() / max(1, valid.sum())),
+            "mean_steps": float(cost.mean()) if n else 0.0,
+            "median_steps": float(np.median(cost)) if n else 0.0,
+            "p95_steps": float(np.percentile(cost, 95)) if n else 0.0,
+            "mean_views_tried": float(tried.mean()) if n else 0.0,
+            "escalated": float((tried > views).mean()) if n else 0.0,
+            "first_round": {k: v for k, v in headline(first[0]).items() if k not in ("puzzles", "seconds")},
+            "puzzles": n,
+            "seconds": seconds,
+        }
+        if len(np.unique(sides)) > 1:
+            result["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
+        if keep_predictions:
+            result["predictions"], result["steps"], result["views_tried"] = chosen, cost, tried
+        out.append(result)
     return out
 
 

@@ -48,7 +48,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(weights: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = dict(weights_dir=weights, threads=1, slots=8, max_body_bytes=MAX_BODY)
+    # No escalation unless a test asks: untrained models never verify, so every answer would try all 8 views
+    # (escalation has its own tests in test_budget_escalation.py).
+    base: dict[str, Any] = dict(
+        weights_dir=weights, threads=1, slots=8, max_body_bytes=MAX_BODY, default_budget_steps=0
+    )
     return Settings(**{**base, **overrides})
 
 
@@ -299,11 +303,12 @@ def test_models_lists_every_loaded_checkpoint(client: TestClient, weights: Path)
     response = client.get("/models")
     assert response.status_code == 200
     models = {m["name"]: m for m in response.json()["models"]}
-    assert set(models) == {"sudoku-tiny", "sudoku-tiny-halts", "maze-tiny", "arc-tiny"}
+    assert set(models) == {"sudoku-tiny", "sudoku-tiny-halts", "maze-tiny", "maze-tiny-views", "arc-tiny"}
     assert {n: m["puzzle"] for n, m in models.items()} == {
         "sudoku-tiny": "sudoku",
         "sudoku-tiny-halts": "sudoku",
         "maze-tiny": "maze",
+        "maze-tiny-views": "maze",
         "arc-tiny": "arc",
     }
     for name, model in models.items():

@@ -22,7 +22,9 @@ TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # A high step limit lets one test hold a slot for seconds with a single puzzle.
-    process = start_server(tiny_weights, tmp_path_factory.mktemp("server-logs"), "--max-steps-limit", "1000")
+    # No escalation: untrained models never verify, and these tests count steps (escalation: test_budget_escalation).
+    args = ("--max-steps-limit", "1000", "--default-budget-steps", "0")
+    process = start_server(tiny_weights, tmp_path_factory.mktemp("server-logs"), *args)
     try:
         yield process
     finally:

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
+from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation
 from inference.halting import Calibration
 from model.checkpoint import load_checkpoint, save_checkpoint
 from server.app import create_app
 from server.settings import Settings
 from tests.training.test_evaluate import tiny_model
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_model, evaluate_views, puzzle_rules
+from training.evaluate import evaluate_escalated, evaluate_model, evaluate_views, puzzle_rules
 
 PUZZLES = 24
 
@@ -38,23 +39,40 @@ def test_evaluate_and_the_server_give_the_same_answers_and_steps(tmp_path: Path)
     result = evaluate_model(ckpt.model, data, batch_size=7, policy=policy, rules=rules, keep_predictions=True)
     voted = evaluate_views(ckpt.model, data, 8, batch_size=7, policy=policy, rules=rules, keep_predictions=True)
 
+    escalated = evaluate_escalated(
+        ckpt.model, data, Escalation(DEFAULT_BUDGET_STEPS), batch_size=7, policy=policy, rules=rules,
+        keep_predictions=True,
+    )  # fmt: skip
+
     codec = rules
     assert codec is not None
     grids = [codec.decode(row, None) for row in np.asarray(data.inputs)]  # type: ignore[attr-defined]
-    settings = Settings(weights_dir=tmp_path / "weights", threads=1, slots=5)
+    # Slots for every view of every puzzle at once, so each escalated round starts together, as evaluation assumes.
+    settings = Settings(weights_dir=tmp_path / "weights", threads=1, slots=256)
     with TestClient(create_app(settings)) as client:
-        one = client.post("/solve/batch", json={"requests": [{"puzzle": "sudoku", "grid": g} for g in grids]})
-        eight = client.post(
-            "/solve/batch", json={"requests": [{"puzzle": "sudoku", "grid": g, "views": 8} for g in grids]}
-        )
-    answers = [item["result"] for item in one.json()["results"]]
-    assert len(answers) == PUZZLES and all(a is not None for a in answers)
-    steps = [a["steps_used"] for a in answers]
+
+        def batch(**fields: object) -> list[dict[str, object]]:
+            requests = [{"puzzle": "sudoku", "grid": g, **fields} for g in grids]
+            results = client.post("/solve/batch", json={"requests": requests}).json()["results"]
+            assert all(item["status"] == 200 for item in results), results
+            return [item["result"] for item in results]
+
+        one, eight, default = batch(budget={"steps": 0}), batch(views=8, budget={"steps": 0}), batch()
+
+    steps = [a["steps_used"] for a in one]
     assert steps == result["steps"].tolist()
     assert len(set(steps)) > 1  # the batch really halts at different steps
-    assert Counter(a["halted_by"] for a in answers) == Counter(result["halted_by"])
-    for answer, tokens in zip(answers, result["adaptive_predictions"], strict=True):
+    assert Counter(a["halted_by"] for a in one) == Counter(result["halted_by"])
+    for answer, tokens in zip(one, result["adaptive_predictions"], strict=True):
         assert answer["solution"] == codec.decode(tokens, None)  # type: ignore[attr-defined]
         assert answer["halt_threshold"] == policy.threshold
-    for item, tokens in zip(eight.json()["results"], voted["predictions"], strict=True):
-        assert item["result"]["solution"] == codec.decode(tokens, None)  # type: ignore[attr-defined]
+    for answer, tokens in zip(eight, voted["predictions"], strict=True):
+        assert answer["solution"] == codec.decode(tokens, None)  # type: ignore[attr-defined]
+    # The server's default: a puzzle that fails the rule check escalates within the default budget.
+    assert escalated["escalated"] > 0
+    for answer, tokens, cost, tried in zip(
+        default, escalated["predictions"], escalated["steps"], escalated["views_tried"], strict=True
+    ):
+        assert answer["solution"] == codec.decode(tokens, None)  # type: ignore[attr-defined]
+        assert answer.get("views_tried", 1) == tried
+        assert answer.get("steps_total", answer["steps_used"]) == cost

@@ -20,7 +20,9 @@ CLIENTS, DURATION_S, POOL = 32, 20.0, 60
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     torch.set_num_threads(1)  # building the checkpoints shares two cores with other work
     weights = write_load_weights(tmp_path_factory.mktemp("load-weights"))
-    process = start_server(weights, tmp_path_factory.mktemp("load-logs"), "--threads", "1", "--log-level", "warning")
+    # No escalation: a streamed answer's steps_used is then the streamed view's, which the load checks count.
+    args = ("--threads", "1", "--log-level", "warning", "--default-budget-steps", "0")
+    process = start_server(weights, tmp_path_factory.mktemp("load-logs"), *args)
     try:
         yield process
     finally:

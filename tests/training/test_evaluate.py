@@ -201,9 +201,8 @@ def test_cli_prints_a_final_json_line_and_records_metrics(
     weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the generated puzzles land in tmp_path
-    code = evaluate.main(
-        ["--weights", str(weights), "--data", "generate:sudoku:20:6:10", "--device", "cpu", "--record", "gen4"]
-    )
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:20:6:10", "--device", "cpu", "--record", "gen4"]
+    code = evaluate.main([*argv, "--budget", "0"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["puzzles"] == 20 and summary["halt"] == "adaptive"
@@ -261,7 +260,7 @@ def test_cli_views_votes_and_rejects_counts_outside_the_eight_symmetries(
     weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10", "--device", "cpu"]
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10", "--device", "cpu", "--budget", "0"]
     assert evaluate.main([*argv, "--views", "4"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["views"] == 4 and len(summary["exact_by_view"]) == 4 and summary["puzzles"] == 12
