@@ -101,11 +101,26 @@ def convert(src: Path, dst: Path, config_path: Path | None = None) -> TRMConfig:
     config_path = config_path or src.parent / "all_config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: all_config.yaml not found beside the checkpoint")
-    all_config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        all_config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise CheckpointError(f"{config_path}: not valid YAML{at}: {problem}") from exc
+    if not isinstance(all_config, dict):
+        raise CheckpointError(f"{config_path}: expected a mapping of settings, found {type(all_config).__name__}")
+    if not src.is_file():
+        raise CheckpointError(f"{src}: no such checkpoint file")
+    if src.stat().st_size == 0:
+        raise CheckpointError(f"{src}: the file is empty (0 bytes), so it holds no weights; was the copy cut short?")
     try:
         raw = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{src}: cannot read reference checkpoint ({exc})") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{src}: cannot read reference checkpoint ({reason})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{src}: expected a state dict of tensors, found {type(raw).__name__}")
     state: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         new = rename_key(key)

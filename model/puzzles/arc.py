@@ -114,6 +114,8 @@ def parse_task(raw: Any, side: int = MAX_SIDE, field: str = "task") -> ArcTask:
     if not isinstance(raw, dict):
         raise PuzzleError(f"{field} must be an object with 'train' and 'test'", field)
     train = _parse_pairs(raw.get("train", []), f"{field}.train", side, need_output=True)
+    if not train:  # the demonstrations are the only statement of the task's rule
+        raise PuzzleError("task has no demonstrations: train needs at least one input/output pair", f"{field}.train")
     if "test" not in raw:
         raise PuzzleError("task has no test inputs", f"{field}.test")
     test = _parse_pairs(raw["test"], f"{field}.test", side, need_output=False)

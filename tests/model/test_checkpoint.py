@@ -132,3 +132,28 @@ def test_converting_a_reference_state_dict_reproduces_the_model(tmp_path, mixer)
         model.z_init.copy_(model.z_init.to(torch.bfloat16).float())
     for a, b in zip(_outputs(model), _outputs(loaded), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_convert_reports_a_malformed_config_or_an_empty_step_file_in_one_line(tmp_path, caplog):
+    from model.convert import main
+
+    def error() -> str:
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        caplog.clear()
+        assert len(messages) == 1 and "\n" not in messages[0] and "Traceback" not in messages[0]
+        return messages[0]
+
+    src = tmp_path / "step_1"
+    torch.save({"model.inner.embed_tokens.embedding_weight": torch.zeros(2, 2)}, src)
+    (tmp_path / "all_config.yaml").write_text("arch: {H_cycles: 3\n  L_cycles: [\n")
+    assert main([str(src), str(tmp_path / "out")]) == 1
+    assert "all_config.yaml: not valid YAML at line 2" in error()
+
+    (tmp_path / "all_config.yaml").write_text("- just\n- a list\n")
+    assert main([str(src), str(tmp_path / "out")]) == 1
+    assert "expected a mapping of settings, found list" in error()
+
+    (tmp_path / "all_config.yaml").write_text(yaml.safe_dump({"arch": {}, "data_paths": ["sudoku"]}))
+    src.write_bytes(b"")
+    assert main([str(src), str(tmp_path / "out")]) == 1
+    assert "the file is empty (0 bytes)" in error()

@@ -72,6 +72,12 @@ def test_deeply_nested_arc_grid_is_422_with_a_bounded_message(client: TestClient
     assert err["field"].startswith("task") and len(err["message"]) < 4096
 
 
+@pytest.mark.parametrize("task", ['{"train": [], "test": [{"input": [[1]]}]}', '{"test": [{"input": [[1]]}]}'])
+def test_an_arc_task_without_demonstrations_is_422_naming_train(client: TestClient, task: str) -> None:
+    err = error_of(post(client, '{"puzzle": "arc", "task": ' + task + "}"), 422)
+    assert err["field"] == "task.train" and "demonstrations" in err["message"]
+
+
 # ---------------------------------------------------------------------------------------------------- numbers
 @pytest.mark.parametrize(
     ("cell", "shown"),
