@@ -23,29 +23,29 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from model.config import TRMConfig
 from model.factory import build_model
 from model.puzzles.arc import ArcTask, Grid, decode_grid, encode_grid
 from model.puzzles.augment import Variant, apply_variant, invert_variant, parse_variant_name, vote
-from model.trm import plain_name
+from model.trm import TRM, plain_name
 
 IGNORE = 0  # label token 0 (PAD) is not scored, as in training
 BLANK = "<blank>"  # name of puzzle-table row 0 in identifiers.json
 
 
-def frozen_copy(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+def frozen_copy(model: TRM, device: torch.device | None = None) -> TRM:
     """A private copy of `model` for adaptation: same weights, a one-row puzzle table, no trainable parameters.
 
     The serving engine runs its own model in the scheduler thread; adapting on a copy means the two never share
     autograd state or a flag. The puzzle table (up to ~1M rows for ARC) is not copied: adaptation supplies its
     own vectors. `torch.compile`d sub-modules are read through their `_orig_mod.` keys.
     """
-    config: TRMConfig = model.config  # type: ignore[assignment]
+    config: TRMConfig = model.config
     copy = build_model(replace(config, num_puzzle_ids=1))
     state = {plain_name(k): v for k, v in model.state_dict().items() if k != "puzzle_emb"}
-    state["puzzle_emb"] = copy.puzzle_emb  # type: ignore[assignment]
+    state["puzzle_emb"] = copy.puzzle_emb
     copy.load_state_dict(state, strict=True)
     for p in copy.parameters():
         p.requires_grad_(False)
@@ -64,7 +64,7 @@ def _token_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def fit_puzzle_vectors(
-    model: nn.Module,
+    model: TRM,
     inputs: Tensor,
     labels: Tensor,
     variant_of_example: Tensor,
@@ -105,7 +105,7 @@ def fit_puzzle_vectors(
     if supervision_steps < 1:
         raise ValueError("supervision_steps must be >= 1")
     device = next(model.parameters()).device
-    config: TRMConfig = model.config  # type: ignore[assignment]
+    config: TRMConfig = model.config
     hidden = config.hidden_size
     start_vectors = torch.zeros(num_vectors, hidden, device=device)
     if init is not None:
@@ -133,10 +133,10 @@ def fit_puzzle_vectors(
             for step in range(1, steps + 1):
                 if time.perf_counter() - started >= time_budget_s:
                     break
-                carry = model.initial_carry(len(inputs), device)  # type: ignore[operator]
+                carry = model.initial_carry(len(inputs), device)
                 total = 0.0
                 for _ in range(supervision_steps):
-                    out = model.step(carry, inputs, puzzle_vectors=vectors[which])  # type: ignore[operator]
+                    out = model.step(carry, inputs, puzzle_vectors=vectors[which])
                     loss = _token_loss(out.logits, labels) / supervision_steps
                     loss.backward()  # type: ignore[no-untyped-call]  # the carry is detached: graph freed here
                     total += float(loss.detach())

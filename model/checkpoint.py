@@ -19,6 +19,7 @@ from torch import nn
 
 from model.config import TRMConfig
 from model.factory import build_model
+from model.trm import TRM
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -36,7 +37,7 @@ class Checkpoint:
     name: str
     path: Path
     config: TRMConfig
-    model: nn.Module
+    model: TRM
     sha256: str
 
 

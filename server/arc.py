@@ -25,12 +25,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from model.adapt import demonstration_batch, fit_puzzle_vectors, frozen_copy, known_variants
 from model.puzzles.arc import ArcTask, parse_task
 from model.puzzles.augment import IDENTITY, Variant, make_variants, task_hash
 from model.puzzles.base import PuzzleError
+from model.trm import TRM
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ def _demo_hash(task: ArcTask) -> str:
 class ArcModel:
     """Per ARC model: the known-task index, the demonstration-hash index, and the adaptation copy."""
 
-    def __init__(self, model: nn.Module, table: np.ndarray, identifiers: list[str], side: int, path: Path) -> None:
+    def __init__(self, model: TRM, table: np.ndarray, identifiers: list[str], side: int, path: Path) -> None:
         self.side = side
         self.table = table
         self._source = model
-        self._copy: nn.Module | None = None
+        self._copy: TRM | None = None
         self._init: torch.Tensor | None = None
         self._lock = threading.Lock()
         # Trained rows of every known task (rows past the table, from a mismatched identifiers.json, are dropped).

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from model.config import TRMConfig
 from model.precision import autocast, dtype_name
-from model.trm import Carry
+from model.trm import TRM, Carry
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +98,24 @@ class TorchEngine(Engine):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: TRM,
         config: TRMConfig,
         slots: int,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         compile_model: bool = False,
     ) -> None:
-        table = model.puzzle_emb.detach().cpu().numpy()  # type: ignore[operator]
+        table = model.puzzle_emb.detach().cpu().numpy()
         super().__init__(config, table, slots)
         self.device = device
         self.dtype = dtype
         self.provider = f"{device.type}" + ("" if dtype == torch.float32 else f"/{dtype_name(dtype)}")
         self.model = model.to(device).eval()
         if compile_model:
-            self.model.compile_networks(dynamic=False)  # type: ignore[operator]
+            self.model.compile_networks(dynamic=False)
         # The carry stays fp32 under bf16 autocast, as in training (the step returns it in fp32): rounding y and z
         # to bf16 between steps would feed the network states it never saw, for a saving of a few MB.
-        carry = self.model.initial_carry(slots, device)  # type: ignore[operator]
+        carry = self.model.initial_carry(slots, device)
         self.y: Tensor = carry.y
         self.z: Tensor = carry.z
         self.inputs = torch.zeros(slots, config.seq_len, dtype=torch.long, device=device)
@@ -137,12 +137,12 @@ class TorchEngine(Engine):
         idx = torch.as_tensor(idx_list, dtype=torch.long, device=self.device)
         carry = Carry(self.y[idx], self.z[idx])
         with autocast(self.device, self.dtype):
-            out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])  # type: ignore[operator]
+            out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])
         real = idx[:k]
         self.y[real] = out.carry.y[:k].float()
         self.z[real] = out.carry.z[:k].float()
         logits = out.logits[:k]
-        q_halt = self.model.halting_logit(out.q_halt[:k], out.q_continue[:k]).float()  # type: ignore[operator]
+        q_halt = self.model.halting_logit(out.q_halt[:k], out.q_continue[:k]).float()
         finite = torch.isfinite(logits).flatten(1).all(dim=1) & torch.isfinite(q_halt)
         return StepResult(
             tokens=logits.argmax(-1).cpu().numpy(),

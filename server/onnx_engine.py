@@ -47,7 +47,7 @@ class OnnxEngine(Engine):
     backend = "onnx"
 
     def __init__(self, ckpt: Checkpoint, slots: int, device: torch.device, threads: int = 0) -> None:
-        table = ckpt.model.puzzle_emb.detach().cpu().numpy()  # type: ignore[operator]
+        table = ckpt.model.puzzle_emb.detach().cpu().numpy()
         super().__init__(ckpt.config, table, slots)
         path = onnx_path_for(ckpt)
         self.session = make_session(path, "cuda" if device.type == "cuda" else "cpu", threads or None)
@@ -55,7 +55,7 @@ class OnnxEngine(Engine):
         self.on_gpu = self.provider == "CUDAExecutionProvider"
         self.is_hrm = ckpt.config.arch == "hrm"
         cfg = ckpt.config
-        init = ckpt.model.initial_carry(1)  # type: ignore[operator]
+        init = ckpt.model.initial_carry(1)
         self.y_init = init.y[0, 0].numpy().astype(np.float32)
         self.z_init = init.z[0, 0].numpy().astype(np.float32)
         self.y = np.empty((slots, cfg.total_len, cfg.hidden_size), dtype=np.float32)

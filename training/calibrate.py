@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from inference.halting import HaltingPolicy, HaltReason, Rules, first_halts, halting_key
 from inference.views import choose_all, turn_back, vote_views
 from model.puzzles.dihedral import NUM_DIHEDRAL
+from model.trm import TRM
 from training.data.dataset import PuzzleSet
 from training.evaluate import check_trace, puzzle_rules, run_steps, turned_set
 
@@ -50,7 +50,7 @@ GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
 
 @torch.inference_mode()
 def trace_answers(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     batch_size: int = 256,
     limit: int = 0,
@@ -61,7 +61,7 @@ def trace_answers(
     """Per step (1..max_steps, default `halt_max_steps`) and puzzle: the answer tokens (steps, puzzles, length),
     settled on the user's cells by `rules` as the server does, and the halting probability (steps, puzzles)."""
     device = next(model.parameters()).device
-    max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
+    max_steps = max_steps or model.config.halt_max_steps
     n = min(len(data), limit) if limit else len(data)
     answers, probs = [], []
     for lo in range(0, n, batch_size):
@@ -76,11 +76,12 @@ def trace_answers(
 
 def exact(answers: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Whether each answer [..., N, L] matches its puzzle's labels [N, L] on every scored (non-PAD) cell."""
-    return ((answers == labels) | (labels == 0)).all(-1)
+    right: np.ndarray = ((answers == labels) | (labels == 0)).all(-1)
+    return right
 
 
 def trace_views(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     views: int,
     limit: int = 0,
@@ -170,7 +171,7 @@ def choose(rows: list[dict[str, float]], never: float, tolerance: float) -> floa
 
 
 def calibrate(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     tolerance: float,
     limit: int = 0,
@@ -182,7 +183,7 @@ def calibrate(
     """Sweep the thresholds over `max_steps` steps (default `halt_max_steps`) and choose one; the result records
     the horizon, which the server and `training.evaluate` then run requests to. With `rules` (the codec) answers are
     settled and checked, and the sweep halts as the server does by default: at a verified answer, or by the Q head."""
-    max_steps = max_steps or model.config.halt_max_steps  # type: ignore[union-attr]
+    max_steps = max_steps or model.config.halt_max_steps
     n = min(len(data), limit) if limit else len(data)
     labels, inputs = np.asarray(data.labels)[:n], np.asarray(data.inputs)[:n]
     if views == 1:

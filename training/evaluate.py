@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation, escalate_all
@@ -46,6 +45,7 @@ from model.device import resolve_device
 from model.precision import autocast, dtype_name, resolve_dtype
 from model.puzzles import get_codec
 from model.puzzles.dihedral import NUM_DIHEDRAL
+from model.trm import TRM
 from training.data.dataset import PuzzleSet
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def run_steps(
-    model: nn.Module,
+    model: TRM,
     inputs: torch.Tensor,
     puzzle_ids: torch.Tensor,
     max_steps: int,
@@ -62,17 +62,17 @@ def run_steps(
     """Yield (step, predicted tokens, halting logit) for steps 1..max_steps of a fresh batch."""
     # A `conv` model steps grids of any size, so its carry is sized from the inputs; other models know one size.
     tokens = inputs[0].numel()
-    sized = {} if tokens == model.config.seq_len else {"num_tokens": tokens}  # type: ignore[union-attr]
-    carry = model.initial_carry(inputs.shape[0], inputs.device, **sized)  # type: ignore[operator]
+    sized = {} if tokens == model.config.seq_len else {"num_tokens": tokens}
+    carry = model.initial_carry(inputs.shape[0], inputs.device, **sized)
     for step in range(1, max_steps + 1):
         with autocast(inputs.device, dtype):
-            out = model.step(carry, inputs, puzzle_ids)  # type: ignore[operator]
+            out = model.step(carry, inputs, puzzle_ids)
         carry = out.carry
-        yield step, out.logits.argmax(-1), model.halting_logit(out.q_halt, out.q_continue).float()  # type: ignore[operator]
+        yield step, out.logits.argmax(-1), model.halting_logit(out.q_halt, out.q_continue).float()
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     batch_size: int = 256,
     device: torch.device | None = None,
@@ -92,7 +92,7 @@ def evaluate_model(
     policy is the reference's rule (0.5 over `halt_max_steps`).
     """
     device = device or next(model.parameters()).device
-    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr,arg-type]
+    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)
     n = min(len(data), limit) if limit else len(data)
     sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
     reasons: dict[str, int] = {}
@@ -170,7 +170,7 @@ def turned_set(data: PuzzleSet, tid: int) -> PuzzleSet:
 
 
 def evaluate_views(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     views: int,
     limit: int = 0,
@@ -223,7 +223,7 @@ def evaluate_views(
 
 
 def evaluate_escalated(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     escalation: Escalation,
     views: int = 1,
@@ -241,7 +241,7 @@ def evaluate_escalated(
 
 
 def evaluate_budgets(
-    model: nn.Module,
+    model: TRM,
     data: PuzzleSet,
     escalations: list[Escalation],
     views: int = 1,
@@ -255,7 +255,7 @@ def evaluate_budgets(
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
     labels = np.asarray(data.labels).reshape(n, -1)
-    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)  # type: ignore[union-attr,arg-type]
+    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)
     total = max(views, *(min(e.views, NUM_DIHEDRAL) for e in escalations))
     answers = np.zeros((total, *labels.shape), dtype=np.int64)
     probs, steps = np.zeros((total, n)), np.zeros((total, n), dtype=np.int64)

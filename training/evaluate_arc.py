@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from inference.halting import DEFAULT_HALT_THRESHOLD, HaltingPolicy, HaltMode
@@ -48,6 +47,7 @@ from model.config import TRMConfig
 from model.puzzles.arc import ArcTask, Grid, encode_grid, parse_task, side_from_seq_len
 from model.puzzles.augment import Variant, apply_variant, make_variants
 from model.puzzles.base import PuzzleError
+from model.trm import TRM
 from training.data.dataset import PuzzleSet, load_identifiers
 from training.evaluate import evaluate_model, headline, record_metrics
 
@@ -114,7 +114,7 @@ def load_arc_tasks(spec: str, subset: str | None = None) -> tuple[dict[str, RawT
 
 
 def evaluate_arc(
-    model: nn.Module,
+    model: TRM,
     tasks: dict[str, RawTask],
     mode: Mode,
     identifiers: list[str] | None = None,
@@ -143,7 +143,7 @@ def evaluate_arc(
         The summary (pass@1, pass@2, per-variant exact and cell accuracy, mean steps, ...) and the submission.
     """
     device = device or next(model.parameters()).device
-    config: TRMConfig = model.config  # type: ignore[assignment]
+    config: TRMConfig = model.config
     side = side_from_seq_len(config.seq_len)
     adapt = adapt or AdaptOptions()
     known = known_variants(identifiers or [])
@@ -151,11 +151,11 @@ def evaluate_arc(
     parsed: dict[str, ArcTask | None] = {}
     fitted: list[torch.Tensor] = []  # adapt mode: the vectors, row i+1 of the evaluation table
     adapt_seconds: list[float] = []
-    runner: nn.Module = model
+    runner: TRM = model
     init: torch.Tensor | None = None
     if mode == "adapt":
         runner = frozen_copy(model, device)
-        table: torch.Tensor = model.puzzle_emb  # type: ignore[assignment]
+        table: torch.Tensor = model.puzzle_emb
         init = table[1:].mean(0) if len(table) > 1 else None  # the average trained embedding, as the server
     for name in tqdm(sorted(tasks), desc="tasks", disable=not progress, leave=False, file=sys.stderr):
         try:

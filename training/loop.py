@@ -27,7 +27,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.device import resolve_device
 from model.factory import build_model
 from model.precision import autocast, dtype_name, resolve_dtype
-from model.trm import Carry, count_trainable_parameters, plain_name
+from model.trm import TRM, Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
 from training.evaluate import evaluate_model
@@ -127,9 +127,9 @@ class Trainer:
         if self.cfg.init_from and not resuming:
             self.init_record = self._start_from(Path(self.cfg.init_from))
         self.model.train()
-        self.step_fn = self.model.step  # type: ignore[attr-defined]
+        self.step_fn = self.model.step
         if self.cfg.compile == "on" or (self.cfg.compile == "auto" and self.device.type == "cuda"):
-            self.model.compile_networks()  # type: ignore[operator]
+            self.model.compile_networks()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(
             self.cfg.optimizer, params, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
@@ -168,7 +168,7 @@ class Trainer:
     def _fresh_act_state(self) -> ACTState:
         b, length = self.local_batch, self.config.seq_len
         return ACTState(
-            carry=self.model.initial_carry(b, self.device),  # type: ignore[operator]
+            carry=self.model.initial_carry(b, self.device),
             steps=torch.zeros(b, dtype=torch.long, device=self.device),
             halted=torch.ones(b, dtype=torch.bool, device=self.device),
             inputs=torch.zeros(b, length, dtype=torch.long, device=self.device),
@@ -203,14 +203,14 @@ class Trainer:
 
         act = self.act
         h = act.halted
-        carry = self.model.reset(act.carry, h)  # type: ignore[operator]
+        carry = self.model.reset(act.carry, h)
         steps = torch.where(h, 0, act.steps)
         inputs = torch.where(h[:, None], new_inputs, act.inputs)
         labels = torch.where(h[:, None], new_labels, act.labels)
         ids = torch.where(h, new_ids, act.puzzle_ids)
 
         train_table = self.cfg.puzzle_emb_lr > 0
-        vectors = self.model.puzzle_emb[ids].clone().requires_grad_(train_table)  # type: ignore[index]
+        vectors = self.model.puzzle_emb[ids].clone().requires_grad_(train_table)
         # The reference counts this step before scheduling it: the first step gets lr / warmup, not 0.
         lr = lr_at(self.step + 1, self.cfg.lr, self.cfg.lr_warmup_steps, self.total_steps, self.cfg.lr_min_ratio)
         emb_lr = lr_at(
@@ -227,7 +227,7 @@ class Trainer:
             target = q_continue_target(nxt.q_halt, nxt.q_continue, steps + 1 >= self.config.halt_max_steps)
             q_continue = out.q_continue
         loss = act_loss(out.logits, labels, out.q_halt, self.cfg.loss, q_continue, target)
-        (loss.total / self.cfg.global_batch_size).backward()
+        (loss.total / self.cfg.global_batch_size).backward()  # type: ignore[no-untyped-call]
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.dist.world > 1:
@@ -253,7 +253,7 @@ class Trainer:
             if train_table and vectors.grad is not None:
                 all_ids = self.dist.gather(ids)
                 all_grads = self.dist.gather(vectors.grad)
-                sign_sgd_rows(self.model.puzzle_emb, all_ids, all_grads, emb_lr, self.cfg.puzzle_emb_weight_decay)  # type: ignore[arg-type]
+                sign_sgd_rows(self.model.puzzle_emb, all_ids, all_grads, emb_lr, self.cfg.puzzle_emb_weight_decay)
             if self.ema is not None:
                 self.ema.update(self.model)
         else:
@@ -263,7 +263,7 @@ class Trainer:
         with torch.no_grad():
             steps = steps + 1
             max_steps = self.config.halt_max_steps
-            halt_logit = self.model.halting_logit(out.q_halt.detach(), out.q_continue.detach())  # type: ignore[operator]
+            halt_logit = self.model.halting_logit(out.q_halt.detach(), out.q_continue.detach())
             halted = (steps >= max_steps) | (halt_logit > 0)
             # Exploration, drawn for the global batch so every rank sees the same numbers.
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
@@ -303,7 +303,7 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ evaluation and saving
-    def ema_model(self) -> torch.nn.Module:
+    def ema_model(self) -> TRM:
         """A copy of the model holding the EMA weights (or the live ones without EMA), in eval mode."""
         model = build_model(self.config).to(self.device)
         state = self.ema.state_dict_for(self.model) if self.ema is not None else self.model.state_dict()

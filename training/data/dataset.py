@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ def load_split(root: str | Path, split: str, mmap: bool = True) -> PuzzleSet:
     d = Path(root) / split
     if not d.is_dir():
         raise FileNotFoundError(f"dataset split not found: {d}")
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     arrays = {name: np.load(d / f"{name}.npy", mmap_mode=mode) for name in CORE_ARRAYS}
     extras = {p.stem: np.load(p, mmap_mode=mode) for p in sorted(d.glob("*.npy")) if p.stem not in CORE_ARRAYS}
     return PuzzleSet(**arrays, extras=extras)
