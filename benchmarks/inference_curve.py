@@ -35,10 +35,10 @@ from training.evaluate import evaluate_budgets, evaluate_model, headline, puzzle
 log = logging.getLogger("benchmarks.inference_curve")
 
 DEFAULT_SETS = {
-    "Sudoku, 30-40 givens": "weights/sudoku-9x9@generate:sudoku:300:30:40:9001",
-    "Sudoku, 22-27 givens": "weights/sudoku-9x9@generate:sudoku:300:22:27:9002",
+    "Sudoku, 30-40 givens": "weights/sudoku-9x9@generate:sudoku:200:30:40:9001",
+    "Sudoku, 22-27 givens": "weights/sudoku-9x9@generate:sudoku:200:22:27:9002",
     "Sudoku, 21-22 givens": "weights/sudoku-9x9@generate:sudoku:200:21:22:9003",
-    "maze 15x15": "weights/maze-15x15@generate:maze:300:15:26:9004",
+    "maze 15x15": "weights/maze-15x15@generate:maze:100:15:26:9004",
 }
 """Held-out sets (seeds none of the cards or calibrations used) as NAME: WEIGHTS@SPEC."""
 
