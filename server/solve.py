@@ -22,6 +22,7 @@ from inference.views import choose, turn, turn_back
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
 from model.puzzles.arc import ArcTask, decode_grid
 from model.puzzles.base import PuzzleError
+from model.puzzles.maze import solved_side
 from server.arc import ArcModel, ArcPlan, UnknownTask
 from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
@@ -81,10 +82,9 @@ class Prepared:
 
 
 def _side_of(req: SolveRequest) -> int | None:
-    """Grid side a maze request needs, to pick a model that fits before parsing."""
-    if req.puzzle == "maze" and isinstance(req.grid, list):
-        return len(req.grid)
-    return None
+    """Grid side a maze request is solved at (inside its wall ring, if it has one), to pick a model that fits
+    before parsing."""
+    return solved_side(req.grid) if req.puzzle == "maze" else None
 
 
 class Solver:

@@ -3,6 +3,10 @@
 Tokens follow `TinyRecursiveModels:dataset/build_maze_dataset.py`: 0 PAD, 1 '#', 2 ' ', 3 'S', 4 'G', 5 'o'. A
 model is trained on one side N (30 for Maze-Hard); a smaller maze is served by padding it with walls on the bottom
 and right, which cannot create a new path, and the prediction is cropped back before it is returned.
+
+Most generators draw a maze inside a solid ring of walls. The ring carries no information (nothing can pass it),
+so a maze that has one is solved without it, as a maze two cells smaller: the shape the shipped models were
+trained on, and it fits a model two sizes smaller. The answer puts the ring back as it was given.
 """
 
 from __future__ import annotations
@@ -53,6 +57,33 @@ def bfs_distances(grid: np.ndarray, start: tuple[int, int]) -> np.ndarray:
                 dist[nr, nc] = d
                 queue.append((nr, nc))
     return dist
+
+
+def has_ring(grid: np.ndarray) -> bool:
+    """Whether a token grid's outermost rows and columns are all walls (S and G then lie inside)."""
+    h, w = grid.shape
+    if h < 3 or w < 3:
+        return False
+    return bool((grid[[0, -1], :] == WALL).all() and (grid[:, [0, -1]] == WALL).all())
+
+
+def inside(grid: np.ndarray) -> np.ndarray:
+    """The part of a maze the model solves: inside its wall ring when it has one, else all of it."""
+    return grid[1:-1, 1:-1] if has_ring(grid) else grid
+
+
+def solved_side(raw: Any) -> int | None:
+    """The side of the square a raw request maze is solved at (two less with a wall ring), or None when `raw` is
+    not a list of strings; routing needs it before the maze is parsed."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(row, str) for row in raw):
+        return None
+    ring = (
+        len(raw) >= 3
+        and all(len(row) >= 3 for row in raw)
+        and set(raw[0]) == set(raw[-1]) == {"#"}
+        and all(row[0] == "#" and row[-1] == "#" for row in raw)
+    )
+    return len(raw) - 2 if ring else len(raw)
 
 
 def _as_tokens(grid: np.ndarray | list[str]) -> np.ndarray:
@@ -168,8 +199,6 @@ class MazeCodec(Codec):
                 raise PuzzleError(f"grid[{r}] is not a string", field=f"grid[{r}]")
             if len(row) != size:
                 raise PuzzleError(f"grid[{r}] has {len(row)} characters, expected {size}", field=f"grid[{r}]")
-        if size > self.side:
-            raise PuzzleError(f"maze is {size}x{size}, larger than this model's {self.side}x{self.side}")
         for r, row in enumerate(raw):
             for c, ch in enumerate(row):
                 if ch not in _QUESTION_CHARS:
@@ -177,6 +206,10 @@ class MazeCodec(Codec):
                         f"grid[{r}][{c}] is {ch!r}, expected one of '#', ' ', 'S', 'G'", field=f"grid[{r}][{c}]"
                     )
         grid = chars_to_tokens(raw)
+        solved = len(inside(grid))
+        if solved > self.side:
+            ring = f" ({solved}x{solved} inside its wall ring)" if solved != size else ""
+            raise PuzzleError(f"maze is {size}x{size}{ring}, larger than this model's {self.side}x{self.side}")
         for name, tok in (("S", START), ("G", GOAL)):
             n = int((grid == tok).sum())
             if n == 0:
@@ -189,15 +222,21 @@ class MazeCodec(Codec):
 
     def encode(self, puzzle: np.ndarray) -> np.ndarray:
         padded = np.full((self.side, self.side), WALL, dtype=np.uint8)
-        h, w = puzzle.shape
-        padded[:h, :w] = puzzle
+        solved = inside(puzzle)
+        h, w = solved.shape
+        padded[:h, :w] = solved
         return padded.reshape(-1)
 
     def decode(self, tokens: np.ndarray, puzzle: np.ndarray) -> list[str]:
-        """The maze as given, with the predicted path's open cells marked 'o' (see `project`)."""
-        h, w = puzzle.shape
+        """The maze as given (its wall ring included), with the predicted path's open cells marked 'o' (`project`)."""
+        solved = inside(puzzle)
+        h, w = solved.shape
         grid = np.asarray(tokens)[: self.seq_len].reshape(self.side, self.side)[:h, :w]
-        return tokens_to_chars(project(puzzle, grid))
+        if solved.shape == puzzle.shape:
+            return tokens_to_chars(project(solved, grid))
+        answer = np.array(puzzle, copy=True)
+        answer[1:-1, 1:-1] = project(solved, grid)
+        return tokens_to_chars(answer)
 
     def verify(self, puzzle: np.ndarray, answer: Any) -> bool:
         """True iff `answer` (rows of '# SGo') marks a shortest S->G path with 'o'; malformed answers are False."""

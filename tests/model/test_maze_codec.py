@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from model.puzzles import CODECS, get_codec
 from model.puzzles.base import PuzzleError
 from model.puzzles.maze import (
+    PATH,
     WALL,
     MazeCodec,
     chars_to_tokens,
@@ -19,6 +20,7 @@ from model.puzzles.maze import (
     is_shortest_path_answer,
     mark_path,
     shortest_path,
+    solved_side,
     tokens_to_chars,
 )
 
@@ -197,3 +199,29 @@ def test_the_rule_check_accepts_the_marked_shortest_path_and_settling_it_changes
     solved = mark_path(padded)
     assert codec.check_tokens(padded.reshape(1, -1), solved.reshape(1, -1)).tolist() == [True]
     assert (codec.settle(padded.reshape(1, -1), solved.reshape(1, -1)) == solved.reshape(1, -1)).all()
+
+
+def bordered(rows: list[str]) -> list[str]:
+    width = len(rows[0]) + 2
+    return ["#" * width, *(f"#{row}#" for row in rows), "#" * width]
+
+
+def test_a_maze_drawn_inside_a_wall_ring_is_solved_inside_it_and_answered_with_the_ring() -> None:
+    codec = MazeCodec(25)  # a 5x5 model serves the 7x7 bordered maze: its inside is 5x5
+    ringed = bordered(MAZE)
+    assert solved_side(ringed) == 5 and solved_side(MAZE) == 5 and solved_side(["ab"]) == 1
+    puzzle = codec.parse(ringed)
+    np.testing.assert_array_equal(codec.encode(puzzle), codec.encode(codec.parse(MAZE)))
+    solution = mark_path(chars_to_tokens(MAZE))
+    answer = codec.decode(solution.reshape(-1), puzzle)
+    assert answer == bordered(tokens_to_chars(solution)) and codec.verify(puzzle, answer)
+    assert codec.decode(np.full(25, PATH), puzzle)[0] == "#" * 7  # the ring stays whatever is predicted
+    with pytest.raises(PuzzleError, match=r"maze is 9x9 \(7x7 inside its wall ring\), larger than"):
+        codec.parse(bordered(bordered(MAZE)))
+
+
+def test_a_ring_with_a_door_is_part_of_the_maze() -> None:
+    door = bordered(MAZE)
+    door[0] = "#S" + "#" * 5
+    door[1] = "#" + " " + door[1][2:]  # the maze's own S becomes open, entered from the ring
+    assert solved_side(door) == 7
