@@ -42,7 +42,7 @@ from training import run
 from training.config import Preset, load_preset
 from training.data.dataset import PuzzleSet
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_model
+from training.scoring import evaluate_model
 
 log = logging.getLogger("benchmarks.compare_models")
 

@@ -30,7 +30,7 @@ from inference.escalation import Escalation
 from inference.halting import Calibration
 from model.checkpoint import load_checkpoint, read_card_metrics
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_budgets, evaluate_model, headline, puzzle_rules
+from training.scoring import evaluate_budgets, evaluate_model, headline, puzzle_rules
 
 log = logging.getLogger("benchmarks.inference_curve")
 

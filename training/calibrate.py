@@ -41,7 +41,7 @@ from inference.views import choose_all, turn_back, vote_views
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import TRM
 from training.data.dataset import PuzzleSet
-from training.evaluate import check_trace, puzzle_rules, run_steps, turned_set
+from training.scoring import check_trace, puzzle_rules, run_steps, turned_set
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,15 @@
-"""Evaluate a checkpoint on held-out puzzles, with adaptive halting and with a fixed number of steps.
+"""Evaluate a checkpoint on held-out puzzles exactly as the server would answer them.
 
     python -m training.evaluate --weights weights/sudoku-9x9 --data generate:sudoku:1000:30:40 [--halt adaptive]
+        [--views K] [--budget STEPS] [--max-steps N] [--halt-threshold P] [--record NAME]
 
-One pass runs every puzzle for `--max-steps` steps (default: the horizon the card's threshold was calibrated
-over, else the checkpoint's `halt_max_steps`, as the server does; the reference evaluates at 16) and records, per
-puzzle, the answer at the first step whose halting probability reaches the threshold (adaptive; the checkpoint's
-calibrated one from `training.calibrate`, else 0.5) and the answer after the last step (`never`), so both figures
-come from the same computation. The last line of stdout is JSON.
-
-`--views K` also runs each Sudoku or maze under the first K of the square's 8 symmetries (a rotated or mirrored
-puzzle is still a puzzle of the same kind, and training saw all 8), maps every answer back and takes the one most
-views agree on, ties broken by the mean halting probability: the reference's ARC voting applied to one puzzle.
-It costs K times the steps.
+Each puzzle runs its policy's whole horizon (the card's calibrated one, else `halt_max_steps`); the server's rules
+are then replayed over the trace (`training.scoring`, `inference/`): with `--halt adaptive`, the default, a puzzle
+halts at its first answer that passes the rule check or when its halting head reaches the calibrated threshold,
+and one whose views all end unverified tries more views within `--budget` steps (the server's default budget);
+`--halt q_head` is the paper's halting head alone, `--halt never` runs every step. The figures at the last step
+(`never`) come from the same computation. `--views K` starts with the first K symmetries of the square. ARC
+checkpoints take `--arc-mode` (see `training.evaluate_arc`). The last line of stdout is JSON.
 """
 
 from __future__ import annotations
@@ -20,345 +18,22 @@ import argparse
 import json
 import logging
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation, escalate_all
-from inference.halting import (
-    DEFAULT_HALT_THRESHOLD,
-    HALT_MODES,
-    Calibration,
-    HaltingPolicy,
-    HaltReason,
-    Rules,
-    first_halts,
-)
-from inference.views import check_views, choose_all, turn_back, turn_rows
-from model.config import TRMConfig
+from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation
+from inference.halting import HALT_MODES, Calibration
 from model.device import resolve_device
-from model.precision import autocast, dtype_name, resolve_dtype
-from model.puzzles import get_codec
+from model.precision import dtype_name, resolve_dtype
 from model.puzzles.dihedral import NUM_DIHEDRAL
-from model.trm import TRM
-from training.data.dataset import PuzzleSet
+from training.evaluate_arc import add_arc_arguments, run_arc
+from training.scoring import evaluate_escalated, evaluate_model, evaluate_views, headline, puzzle_rules, record_metrics
 
 log = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def run_steps(
-    model: TRM,
-    inputs: torch.Tensor,
-    puzzle_ids: torch.Tensor,
-    max_steps: int,
-    dtype: torch.dtype = torch.float32,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield (step, predicted tokens, halting logit) for steps 1..max_steps of a fresh batch."""
-    # A `conv` model steps grids of any size, so its carry is sized from the inputs; other models know one size.
-    tokens = inputs[0].numel()
-    sized = {} if tokens == model.config.seq_len else {"num_tokens": tokens}
-    carry = model.initial_carry(inputs.shape[0], inputs.device, **sized)
-    for step in range(1, max_steps + 1):
-        with autocast(inputs.device, dtype):
-            out = model.step(carry, inputs, puzzle_ids)
-        carry = out.carry
-        yield step, out.logits.argmax(-1), model.halting_logit(out.q_halt, out.q_continue).float()
-
-
-def evaluate_model(
-    model: TRM,
-    data: PuzzleSet,
-    batch_size: int = 256,
-    device: torch.device | None = None,
-    policy: HaltingPolicy | None = None,
-    dtype: torch.dtype = torch.float32,
-    limit: int = 0,
-    progress: bool = False,
-    keep_predictions: bool = False,
-    rules: Rules | None = None,
-) -> dict[str, Any]:
-    """Exact and per-cell accuracy after `policy.max_steps` (halt never) and where `policy` halts each puzzle.
-
-    Every puzzle runs all the steps; `inference.halting.first_halts` then asks the policy after each step, as the
-    server's scheduler does, so both figures come from one computation. `rules` is the puzzle family's codec, as
-    in the server: every step's answer keeps the user's cells (`settle`), and an adaptive policy halts a puzzle at
-    its first verified answer (`check_tokens`); without it only the Q head and the horizon halt. The default
-    policy is the reference's rule (0.5 over `halt_max_steps`).
-    """
-    device = device or next(model.parameters()).device
-    policy = policy or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)
-    n = min(len(data), limit) if limit else len(data)
-    sums = {"exact": 0, "cells": 0, "cells_total": 0, "ad_exact": 0, "ad_cells": 0, "steps": 0}
-    reasons: dict[str, int] = {}
-    preds_never, preds_adaptive, q_adaptive, q_never, exact_rows, steps_rows, verified_rows = [], [], [], [], [], [], []
-    start = time.perf_counter()
-    bar = tqdm(total=n, desc="eval", unit="puzzle", disable=not progress, leave=False, file=sys.stderr)
-    for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
-        inputs, labels, ids = data.tensors(lo, hi, device)
-        questions = inputs.cpu().numpy().reshape(hi - lo, -1)
-        answers, probs = [], []
-        for _, pred, q_halt in run_steps(model, inputs, ids, policy.max_steps, dtype):
-            answer = pred.cpu().numpy().reshape(hi - lo, -1)
-            answers.append(answer if rules is None else rules.settle(questions, answer))
-            probs.append(torch.sigmoid(q_halt).cpu().numpy())
-        trace, prob_trace = np.stack(answers), np.stack(probs)  # (steps, b, length), (steps, b)
-        verified = check_trace(rules if policy.checks_answers else None, questions, trace)
-        at, why = first_halts(policy, prob_trace, verified)
-        rows = np.arange(hi - lo)
-        adaptive, q_at = trace[at, rows], prob_trace[at, rows]
-        gold = labels.cpu().numpy()
-        valid = gold != 0
-        for key, p in (("", trace[-1]), ("ad_", adaptive)):
-            right = ((p.reshape(gold.shape) == gold) & valid).sum(-1)
-            exact = right == valid.sum(-1)
-            sums[key + "exact"] += int(exact.sum())
-            sums[key + "cells"] += int(right.sum())
-            if not key:
-                exact_rows.append(exact)
-        sums["cells_total"] += int(valid.sum())
-        sums["steps"] += int((at + 1).sum())
-        steps_rows.append(at + 1)
-        verified_rows.append(np.array([r is HaltReason.VERIFIED for r in why]))
-        for reason in why:
-            reasons[reason.value] = reasons.get(reason.value, 0) + 1
-        if keep_predictions:
-            preds_never.append(trace[-1])
-            preds_adaptive.append(adaptive)
-            q_adaptive.append(q_at)
-            q_never.append(prob_trace[-1])
-        bar.update(hi - lo)
-    bar.close()
-    elapsed = time.perf_counter() - start
-    result: dict[str, Any] = {
-        "puzzles": n,
-        "exact_accuracy": sums["exact"] / max(1, n),
-        "cell_accuracy": sums["cells"] / max(1, sums["cells_total"]),
-        "adaptive_exact_accuracy": sums["ad_exact"] / max(1, n),
-        "adaptive_cell_accuracy": sums["ad_cells"] / max(1, sums["cells_total"]),
-        "mean_steps": sums["steps"] / max(1, n),
-        "max_steps": policy.max_steps,
-        "halt_threshold": policy.threshold,
-        "halt_mode": policy.mode,
-        "halted_by": reasons,
-        "seconds": round(elapsed, 2),
-    }
-    sides = np.asarray(data.extras["side"][:n]) if "side" in data.extras else np.zeros(0)
-    if len(np.unique(sides)) > 1:  # a mixed-size maze set: the headline alone would hide the hardest size
-        right_rows = np.concatenate(exact_rows)
-        result["exact_by_side"] = {str(v): float(right_rows[sides == v].mean()) for v in np.unique(sides)}
-    if keep_predictions:
-        result["predictions"] = np.concatenate(preds_never) if preds_never else np.zeros((0, 0))
-        result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))
-        result["adaptive_q"] = np.concatenate(q_adaptive) if q_adaptive else np.zeros(0)
-        result["q"] = np.concatenate(q_never) if q_never else np.zeros(0)  # halting probability after the last step
-        result["steps"] = np.concatenate(steps_rows) if steps_rows else np.zeros(0, dtype=np.int64)
-        result["verified"] = np.concatenate(verified_rows) if verified_rows else np.zeros(0, dtype=bool)
-    return result
-
-
-def turned_set(data: PuzzleSet, tid: int) -> PuzzleSet:
-    """The same puzzles (and labels) under dihedral symmetry `tid` of the square."""
-    rows = turn_rows(np.asarray(data.inputs), tid), turn_rows(np.asarray(data.labels), tid)
-    return PuzzleSet(*rows, data.puzzle_ids, data.groups, data.extras)
-
-
-def evaluate_views(
-    model: TRM,
-    data: PuzzleSet,
-    views: int,
-    limit: int = 0,
-    keep_predictions: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Evaluate under the first `views` dihedral symmetries and answer as the server does (`inference.views`).
-
-    Under an adaptive policy with a rule check, the first verified view answers and the server stops the other
-    views then, so their steps count only up to that step; otherwise the views are voted. Returns the chosen
-    answers' figures, the per-view exact accuracies and the plain (identity view) result under "single_view";
-    `mean_steps` counts the steps of all views, which is what the answer costs.
-    """
-    check_views(views)
-    start = time.perf_counter()
-    n = min(len(data), limit) if limit else len(data)
-    data = data.subset(np.arange(n))
-    labels = np.asarray(data.labels)
-    policy: HaltingPolicy | None = kwargs.get("policy")
-    adaptive = policy is None or policy.mode != "never"
-    key = ("adaptive_predictions", "adaptive_q") if adaptive else ("predictions", "q")
-    results = [evaluate_model(model, turned_set(data, tid), keep_predictions=True, **kwargs) for tid in range(views)]
-    answers = np.stack([turn_back(r[key[0]], tid) for tid, r in enumerate(results)])
-    probs = np.stack([r[key[1]] for r in results])
-    steps = np.stack([r["steps"] if adaptive else np.full(n, r["max_steps"]) for r in results])
-    verified = np.stack([r["verified"] for r in results])
-    chosen, cost = choose_all(answers, probs, verified, steps)
-    valid = labels != 0
-    right = ((chosen.reshape(labels.shape) == labels) & valid).sum(-1)
-    exact = right == valid.sum(-1)
-    per_view = [r["adaptive_exact_accuracy"] if adaptive else r["exact_accuracy"] for r in results]
-    out: dict[str, Any] = {
-        "halt": "adaptive" if adaptive else "never",
-        "views": views,
-        "exact_accuracy": float(exact.mean()) if n else 0.0,
-        "cell_accuracy": float(right.sum() / max(1, valid.sum())),
-        "mean_steps": float(cost.mean()) if n else 0.0,
-        "verified_views": int(verified.any(0).sum()),
-        "exact_by_view": per_view,
-        "single_view": {k: v for k, v in headline(results[0]).items() if k not in ("puzzles", "seconds")},
-        "puzzles": n,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
-    if len(np.unique(sides)) > 1:
-        out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
-    if keep_predictions:
-        out["predictions"] = chosen
-    return out
-
-
-def evaluate_escalated(
-    model: TRM,
-    data: PuzzleSet,
-    escalation: Escalation,
-    views: int = 1,
-    limit: int = 0,
-    keep_predictions: bool = False,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """What the server answers with a step budget (`inference.escalation`): the first round of `views`, then, for
-    the puzzles none of whose views was verified, as many more views as the budget covers.
-
-    Only the puzzles that escalate are run under the further views, so easy sets cost little more than one view.
-    `mean_steps` and `p95_steps` count every view's steps, which is what each answer cost.
-    """
-    return evaluate_budgets(model, data, [escalation], views, limit, keep_predictions, **kwargs)[0]
-
-
-def evaluate_budgets(
-    model: TRM,
-    data: PuzzleSet,
-    escalations: list[Escalation],
-    views: int = 1,
-    limit: int = 0,
-    keep_predictions: bool = False,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """`evaluate_escalated` for several budgets from one computation (the accuracy/compute curve)."""
-    check_views(views)
-    start = time.perf_counter()
-    n = min(len(data), limit) if limit else len(data)
-    data = data.subset(np.arange(n))
-    labels = np.asarray(data.labels).reshape(n, -1)
-    policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)
-    total = max(views, *(min(e.views, NUM_DIHEDRAL) for e in escalations))
-    answers = np.zeros((total, *labels.shape), dtype=np.int64)
-    probs, steps = np.zeros((total, n)), np.zeros((total, n), dtype=np.int64)
-    verified = np.zeros((total, n), dtype=bool)
-
-    def run(tid: int, rows: np.ndarray) -> dict[str, Any]:
-        result = evaluate_model(model, turned_set(data.subset(rows), tid), keep_predictions=True, **kwargs)
-        answers[tid, rows] = turn_back(result["adaptive_predictions"], tid).reshape(len(rows), -1)
-        probs[tid, rows], steps[tid, rows] = result["adaptive_q"], result["steps"]
-        verified[tid, rows] = result["verified"]
-        return result
-
-    first = [run(tid, np.arange(n)) for tid in range(views)]
-    unsolved = np.flatnonzero(~verified[:views].any(0))
-    if len(unsolved) and any(e.next_views(views, 0, policy.max_steps) for e in escalations):
-        for tid in range(views, total):
-            run(tid, unsolved)
-    seconds = round(time.perf_counter() - start, 2)
-    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
-    valid = labels != 0
-    out = []
-    for escalation in escalations:
-        chosen, cost, tried = escalate_all(escalation, views, policy.max_steps, answers, probs, verified, steps)
-        right = ((chosen == labels) & valid).sum(-1)
-        exact = right == valid.sum(-1)
-        result: dict[str, Any] = {
-            "halt": policy.mode,
-            "views": views,
-            "budget_steps": escalation.budget,
-            "exact_accuracy": float(exact.mean()) if n else 0.0,
-            "cell_accuracy": float(right.sum() / max(1, valid.sum())),
-            "mean_steps": float(cost.mean()) if n else 0.0,
-            "median_steps": float(np.median(cost)) if n else 0.0,
-            "p95_steps": float(np.percentile(cost, 95)) if n else 0.0,
-            "mean_views_tried": float(tried.mean()) if n else 0.0,
-            "escalated": float((tried > views).mean()) if n else 0.0,
-            "first_round": {k: v for k, v in headline(first[0]).items() if k not in ("puzzles", "seconds")},
-            "puzzles": n,
-            "seconds": seconds,
-        }
-        if len(np.unique(sides)) > 1:
-            result["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
-        if keep_predictions:
-            result["predictions"], result["steps"], result["views_tried"] = chosen, cost, tried
-        out.append(result)
-    return out
-
-
-def headline(result: dict[str, Any], halt: str | None = None) -> dict[str, Any]:
-    """The summary line: `exact_accuracy` etc. refer to the chosen halting mode (default: the policy's), the
-    other alongside."""
-    halt = halt or ("never" if result.get("halt_mode") == "never" else "adaptive")
-    never = {"exact_accuracy": result["exact_accuracy"], "cell_accuracy": result["cell_accuracy"]}
-    adaptive = {
-        "exact_accuracy": result["adaptive_exact_accuracy"],
-        "cell_accuracy": result["adaptive_cell_accuracy"],
-    }
-    chosen = adaptive if halt == "adaptive" else never
-    return {
-        "halt": halt,
-        **chosen,
-        "mean_steps": result["mean_steps"] if halt == "adaptive" else result["max_steps"],
-        "never": never,
-        "adaptive": {
-            **adaptive,
-            "mean_steps": result["mean_steps"],
-            "halt_threshold": result["halt_threshold"],
-            "halt_mode": result.get("halt_mode"),
-            "halted_by": result.get("halted_by"),
-        },
-        "puzzles": result["puzzles"],
-        "seconds": result["seconds"],
-    }
-
-
-def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
-    """Merge an evaluation into the checkpoint's metrics.json, which /models reports as the card's accuracy."""
-    path = weights / "metrics.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = {k: v for k, v in summary.items() if k != "weights"}
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def puzzle_rules(config: TRMConfig) -> Rules | None:
-    """The checkpoint's codec, which settles and checks answers as the server's does (None where none fits)."""
-    try:
-        return get_codec(config.family, config.seq_len)
-    except ValueError:
-        return None
-
-
-def check_trace(rules: Rules | None, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray | None:
-    """The rule check of every traced step's answers [steps, N, L] to `inputs` [N, L]: [steps, N], or None."""
-    if rules is None:
-        return None
-    checks = [rules.check_tokens(inputs, step) for step in answers]
-    return None if any(c is None for c in checks) else np.stack(checks)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
     from model.checkpoint import load_checkpoint, read_card_metrics
     from training.data.sources import load_eval_data
-    from training.evaluate_arc import add_arc_arguments, run_arc
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint directory (config.json + model.safetensors)")

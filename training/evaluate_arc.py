@@ -49,7 +49,7 @@ from model.puzzles.augment import Variant, apply_variant, make_variants
 from model.puzzles.base import PuzzleError
 from model.trm import TRM
 from training.data.dataset import PuzzleSet, load_identifiers
-from training.evaluate import evaluate_model, headline, record_metrics
+from training.scoring import evaluate_model, headline, record_metrics
 
 log = logging.getLogger(__name__)
 RawTask = dict[str, Any]

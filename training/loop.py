@@ -30,10 +30,10 @@ from model.precision import autocast, dtype_name, resolve_dtype
 from model.trm import TRM, Carry, count_trainable_parameters, plain_name
 from training.config import Preset
 from training.data.dataset import PuzzleSet
-from training.evaluate import evaluate_model
 from training.losses import act_loss, q_continue_target
 from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
 from training.sampler import Augment, BatchStream
+from training.scoring import evaluate_model
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.training.test_evaluate import tiny_model
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_escalated, evaluate_model, evaluate_views, puzzle_rules
+from training.scoring import evaluate_escalated, evaluate_model, evaluate_views, puzzle_rules
 
 PUZZLES = 24
 

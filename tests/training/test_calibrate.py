@@ -15,7 +15,7 @@ from model.config import TRMConfig
 from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
 from training.calibrate import choose, sweep, sweep_views, trace_answers, trace_views
-from training.evaluate import evaluate_model, evaluate_views
+from training.scoring import evaluate_model, evaluate_views
 
 # Three puzzles, four steps. Puzzle 0 is right from step 2 on; puzzle 1 only at step 4; puzzle 2 is right at step 1
 # and broken by step 3 (recursion can drift away from a right answer).

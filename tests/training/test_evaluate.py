@@ -21,7 +21,7 @@ from tests.conftest import tiny_config
 from training import evaluate
 from training.data.dataset import PuzzleSet
 from training.data.sources import load_eval_data
-from training.evaluate import evaluate_model, evaluate_views, puzzle_rules
+from training.scoring import evaluate_model, evaluate_views, puzzle_rules
 
 REPO = Path(__file__).resolve().parents[2]
 N = 6
