@@ -28,6 +28,7 @@ import torch
 
 from inference.escalation import Escalation
 from inference.halting import Calibration
+from inference.views import views_for
 from model.checkpoint import load_checkpoint, read_card_metrics
 from training.data.sources import load_eval_data
 from training.scoring import evaluate_budgets, evaluate_model, headline, puzzle_rules
@@ -52,7 +53,7 @@ def measure(weights: Path, spec: str, budgets: list[int]) -> list[dict[str, Any]
     base = f"python -m training.evaluate --weights {weights} --data {spec} --dtype float32"
     q_head = headline(evaluate_model(ckpt.model, data, policy=calibration.policy(mode="q_head"), rules=rules))
     points = [{"mode": "q_head", "command": f"{base} --halt q_head", **q_head, "p95_steps": None}]
-    escalations = [Escalation(b) for b in budgets]
+    escalations = [Escalation(b, views_for(ckpt.config.family)) for b in budgets]
     runs = evaluate_budgets(ckpt.model, data, escalations, policy=calibration.policy(), rules=rules)
     for budget, run in zip(budgets, runs, strict=True):
         mode = "verified" if budget == 0 else f"budget {budget}"

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference.views import choose, vote_one
-from model.puzzles.dihedral import NUM_DIHEDRAL
 
 DEFAULT_BUDGET_STEPS = 128
 """Steps a Sudoku or maze may spend over all its views unless the request or the operator says otherwise: all 8
@@ -32,8 +31,8 @@ class Escalation:
 
     budget: int
     """Model steps over all views of the puzzle, first round included; at most the first round when smaller."""
-    views: int = NUM_DIHEDRAL
-    """Views escalation may try in all (the 8 symmetries of the square)."""
+    views: int
+    """Views the puzzle has in all (`inference.views.views_for`: 8 for a maze, more for a Sudoku)."""
 
     def next_views(self, tried: int, spent: int, horizon: int) -> int:
         """How many more views to start after `tried` views spent `spent` steps: each may run `horizon` steps, and

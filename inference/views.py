@@ -1,13 +1,19 @@
-"""Views: a Sudoku or maze solved under symmetries of the square, and the vote that turns views into one answer.
+"""Views: a Sudoku or maze solved under symmetries, and the choice that turns views into one answer.
 
 A rotated or mirrored puzzle is a puzzle of the same kind, and training saw all 8 orientations, so each view gives
-the model a fresh trajectory on the same question; answers map back exactly. The vote is the reference's ARC vote
-applied to one puzzle: the answer most views gave, ties broken by the higher mean halting probability.
+the model a fresh trajectory on the same question; answers map back exactly. A Sudoku has far more symmetries: its
+digits can be relabelled, its bands and stacks reordered, the rows of a band and the columns of a stack shuffled,
+and the grid transposed, all of which the Sudoku presets train with. Views 0-7 are the square's symmetries for
+every family; a Sudoku's views from 8 on are such relabelled and reshuffled copies, one fixed copy per view number.
+The vote is the reference's ARC vote applied to one puzzle: the answer most views gave, ties broken by the higher
+mean halting probability; a view whose answer passed the rule check wins over any vote (`choose`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -30,6 +36,57 @@ def turn_rows(rows: np.ndarray, tid: int) -> np.ndarray:
 def turn_back(rows: np.ndarray, tid: int) -> np.ndarray:
     """Answers [..., N, L] given under symmetry `tid`, in the puzzles' own orientation."""
     return turn_rows(rows, DIHEDRAL_INVERSE[tid])
+
+
+SUDOKU_VIEWS = 64
+"""Views a Sudoku may try: the square's 8 symmetries, then 56 relabelled and reshuffled copies."""
+
+
+def views_for(family: str) -> int:
+    """How many different views a puzzle of `family` has here (the most escalation can try)."""
+    return SUDOKU_VIEWS if family == "sudoku" else NUM_DIHEDRAL
+
+
+@lru_cache(maxsize=256)
+def _sudoku_shuffle(tid: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sudoku view `tid` (>= 8): which input cell each output cell takes [L], and the token map of the digits.
+
+    Seeded by the view number, so a view is the same copy everywhere (server, evaluation, tests).
+    """
+    side = math.isqrt(length)
+    box = math.isqrt(side)
+    rng = np.random.default_rng(tid)
+    rows = np.concatenate([band * box + rng.permutation(box) for band in rng.permutation(box)])
+    cols = np.concatenate([stack * box + rng.permutation(box) for stack in rng.permutation(box)])
+    order = np.arange(length).reshape(side, side)[rows][:, cols]
+    if rng.random() < 0.5:
+        order = order.T
+    tokens = np.arange(side + 2)  # 0 PAD and 1 blank stay; digit tokens 2..side+1 are relabelled
+    tokens[2:] = 2 + rng.permutation(side)
+    return order.reshape(-1).copy(), tokens
+
+
+def apply_view(rows: np.ndarray, tid: int, family: str) -> np.ndarray:
+    """Flattened grids [..., L] as view `tid` of their family shows them."""
+    if tid < NUM_DIHEDRAL:
+        return turn_rows(rows, tid)
+    if family != "sudoku":
+        raise ValueError(f"{family} puzzles have {NUM_DIHEDRAL} views, not {tid + 1}")
+    order, tokens = _sudoku_shuffle(tid, rows.shape[-1])
+    viewed: np.ndarray = tokens[np.asarray(rows)[..., order]]
+    return viewed
+
+
+def invert_view(rows: np.ndarray, tid: int, family: str) -> np.ndarray:
+    """Answers [..., L] given under view `tid`, in the puzzle's own frame."""
+    if tid < NUM_DIHEDRAL:
+        return turn_back(rows, tid)
+    order, tokens = _sudoku_shuffle(tid, rows.shape[-1])
+    inverse = np.argsort(tokens)
+    rows = np.asarray(rows)
+    own = np.empty_like(rows)
+    own[..., order] = inverse[np.clip(rows, 0, len(tokens) - 1)]
+    return own
 
 
 def check_views(views: int) -> None:

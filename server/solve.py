@@ -18,7 +18,7 @@ import numpy as np
 
 from inference.escalation import Escalation
 from inference.halting import HaltingPolicy, HaltReason
-from inference.views import choose, turn, turn_back
+from inference.views import apply_view, choose, invert_view, views_for
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
 from model.puzzles.arc import ArcTask, decode_grid
 from model.puzzles.base import PuzzleError
@@ -144,16 +144,17 @@ class Solver:
         prep = Prepared(req, entry, puzzle, [], arrived, policy=policy)
         prep.tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
         if policy.checks_answers and budget:
-            prep.escalation = Escalation(budget)
+            prep.escalation = Escalation(budget, views_for(entry.family))
         prep.jobs = [self._view(prep, tid, deadline) for tid in range(views)]
         return prep
 
     def _view(self, prep: Prepared, tid: int, deadline: float) -> Job:
-        """The job of view `tid`: the puzzle turned by symmetry `tid`; only view 0 records its steps."""
+        """The job of view `tid` (`inference.views`): the puzzle turned by symmetry `tid`, or for a Sudoku from view
+        8 on relabelled and reshuffled; only view 0 records its steps."""
         assert prep.tokens is not None and prep.policy is not None
         req = prep.request
         return Job(
-            tokens=turn(prep.tokens, tid),
+            tokens=apply_view(prep.tokens[None], tid, prep.entry.family)[0],
             vector=prep.entry.engine.vector_for(0),
             policy=prep.policy,
             record_steps=tid == 0 and (req.return_steps or req.stream),
@@ -255,7 +256,7 @@ class Solver:
         orientation, and the halting probabilities of the views that agree with it."""
         answered = [(tid, job) for tid, job in enumerate(prep.jobs) if job.answer is not None]
         index, best, agreeing = choose(
-            [turn_back(np.asarray(job.answer)[None], tid)[0] for tid, job in answered],
+            [invert_view(np.asarray(job.answer)[None], tid, prep.entry.family)[0] for tid, job in answered],
             [job.halt_probability for _, job in answered],
             [job.verified for _, job in answered],
             [job.steps_used for _, job in answered],

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from inference.halting import HaltingPolicy, HaltReason, Rules, first_halts, halting_key
-from inference.views import choose_all, turn_back, vote_views
+from inference.views import choose_all, invert_view, vote_views
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import TRM
 from training.data.dataset import PuzzleSet
@@ -93,11 +93,12 @@ def trace_views(
     and (views, steps, puzzles)."""
     n = min(len(data), limit) if limit else len(data)
     data = data.subset(np.arange(n))
+    family = model.config.family
     traced = [
-        trace_answers(model, turned_set(data, tid), dtype=dtype, max_steps=max_steps, rules=rules)
+        trace_answers(model, turned_set(data, tid, family), dtype=dtype, max_steps=max_steps, rules=rules)
         for tid in range(views)
     ]
-    answers = np.stack([turn_back(a, tid) for tid, (a, _) in enumerate(traced)])
+    answers = np.stack([invert_view(a, tid, family) for tid, (a, _) in enumerate(traced)])
     return answers, np.stack([p for _, p in traced])
 
 

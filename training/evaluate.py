@@ -22,6 +22,7 @@ from pathlib import Path
 
 from inference.escalation import DEFAULT_BUDGET_STEPS, Escalation
 from inference.halting import HALT_MODES, Calibration
+from inference.views import views_for
 from model.device import resolve_device
 from model.precision import dtype_name, resolve_dtype
 from model.puzzles.dihedral import NUM_DIHEDRAL
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "policy": policy,
         "rules": puzzle_rules(ckpt.config),
     }
-    escalation = Escalation(args.budget) if args.budget and policy.checks_answers and common["rules"] else None
+    escalation = None
+    if args.budget and policy.checks_answers and common["rules"] is not None:
+        escalation = Escalation(args.budget, views_for(ckpt.config.family))
     if escalation is not None:
         figures = evaluate_escalated(model, data, escalation, args.views, **common)
     elif args.views == 1:

@@ -28,11 +28,10 @@ from inference.halting import (
     Rules,
     first_halts,
 )
-from inference.views import check_views, choose_all, turn_back, turn_rows
+from inference.views import apply_view, check_views, choose_all, invert_view
 from model.config import TRMConfig
 from model.precision import autocast
 from model.puzzles import get_codec
-from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import TRM
 from training.data.dataset import PuzzleSet
 
@@ -151,9 +150,9 @@ def evaluate_model(
     return result
 
 
-def turned_set(data: PuzzleSet, tid: int) -> PuzzleSet:
-    """The same puzzles (and labels) under dihedral symmetry `tid` of the square."""
-    rows = turn_rows(np.asarray(data.inputs), tid), turn_rows(np.asarray(data.labels), tid)
+def turned_set(data: PuzzleSet, tid: int, family: str) -> PuzzleSet:
+    """The same puzzles (and labels) as view `tid` of their family shows them (`inference.views`)."""
+    rows = apply_view(np.asarray(data.inputs), tid, family), apply_view(np.asarray(data.labels), tid, family)
     return PuzzleSet(*rows, data.puzzle_ids, data.groups, data.extras)
 
 
@@ -180,8 +179,11 @@ def evaluate_views(
     policy: HaltingPolicy | None = kwargs.get("policy")
     adaptive = policy is None or policy.mode != "never"
     key = ("adaptive_predictions", "adaptive_q") if adaptive else ("predictions", "q")
-    results = [evaluate_model(model, turned_set(data, tid), keep_predictions=True, **kwargs) for tid in range(views)]
-    answers = np.stack([turn_back(r[key[0]], tid) for tid, r in enumerate(results)])
+    family = model.config.family
+    results = [
+        evaluate_model(model, turned_set(data, tid, family), keep_predictions=True, **kwargs) for tid in range(views)
+    ]
+    answers = np.stack([invert_view(r[key[0]], tid, family) for tid, r in enumerate(results)])
     probs = np.stack([r[key[1]] for r in results])
     steps = np.stack([r["steps"] if adaptive else np.full(n, r["max_steps"]) for r in results])
     verified = np.stack([r["verified"] for r in results])
@@ -244,14 +246,15 @@ def evaluate_budgets(
     data = data.subset(np.arange(n))
     labels = np.asarray(data.labels).reshape(n, -1)
     policy: HaltingPolicy = kwargs.get("policy") or HaltingPolicy(DEFAULT_HALT_THRESHOLD, model.config.halt_max_steps)
-    total = max(views, *(min(e.views, NUM_DIHEDRAL) for e in escalations))
+    total = max(views, *(e.views for e in escalations))
+    family = model.config.family
     answers = np.zeros((total, *labels.shape), dtype=np.int64)
     probs, steps = np.zeros((total, n)), np.zeros((total, n), dtype=np.int64)
     verified = np.zeros((total, n), dtype=bool)
 
     def run(tid: int, rows: np.ndarray) -> dict[str, Any]:
-        result = evaluate_model(model, turned_set(data.subset(rows), tid), keep_predictions=True, **kwargs)
-        answers[tid, rows] = turn_back(result["adaptive_predictions"], tid).reshape(len(rows), -1)
+        result = evaluate_model(model, turned_set(data.subset(rows), tid, family), keep_predictions=True, **kwargs)
+        answers[tid, rows] = invert_view(result["adaptive_predictions"], tid, family).reshape(len(rows), -1)
         probs[tid, rows], steps[tid, rows] = result["adaptive_q"], result["steps"]
         verified[tid, rows] = result["verified"]
         return result

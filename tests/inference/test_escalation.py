@@ -21,7 +21,7 @@ from inference.escalation import Escalation, escalate_all
     ],
 )
 def test_next_views_never_passes_the_budget(budget: int, tried: int, spent: int, horizon: int, expected: int) -> None:
-    extra = Escalation(budget).next_views(tried, spent, horizon)
+    extra = Escalation(budget, 8).next_views(tried, spent, horizon)
     assert extra == expected
     assert spent + extra * horizon <= max(budget, spent)
 
@@ -57,5 +57,5 @@ def test_a_small_budget_adds_only_the_views_it_covers() -> None:
     assert tried.tolist() == [1, 3, 3]  # 4 spent, room for two views of 4 steps
     assert chosen[1].tolist() == [1] and cost[1] == 4 + 3 + 3  # view 2 verifies at its step 3; view 1 stops there
     assert cost.max() <= 12
-    none = escalate_all(Escalation(0), 1, 4, answers, probs, verified, steps)
+    none = escalate_all(Escalation(0, 4), 1, 4, answers, probs, verified, steps)
     assert none[2].tolist() == [1, 1, 1] and none[1].tolist() == [2, 4, 4]  # no budget: the first view's answer

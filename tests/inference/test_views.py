@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.views import check_views, choose, choose_all, turn, turn_back, turn_rows, vote_views
+from inference.views import (
+    apply_view,
+    check_views,
+    choose,
+    choose_all,
+    invert_view,
+    turn,
+    turn_back,
+    turn_rows,
+    views_for,
+    vote_views,
+)
 
 
 def test_turning_back_undoes_every_symmetry() -> None:
@@ -49,3 +60,21 @@ def test_view_counts_outside_the_square_s_symmetries_are_refused() -> None:
     for bad in (0, 9):
         with pytest.raises(ValueError, match=r"1\.\.8"):
             check_views(bad)
+
+
+def test_sudoku_views_past_the_square_s_symmetries_relabel_and_reshuffle_and_invert_exactly() -> None:
+    from model.puzzles.sudoku import decode_tokens, is_valid_solution
+    from tests.server.conftest import SOLVED
+
+    solution = np.array([v + 1 for row in SOLVED for v in row])[None]  # tokens
+    seen = set()
+    for tid in range(views_for("sudoku")):
+        viewed = apply_view(solution, tid, "sudoku")
+        assert is_valid_solution(decode_tokens(viewed)).all(), tid  # every view of a solution is a solution
+        np.testing.assert_array_equal(invert_view(viewed, tid, "sudoku"), solution)
+        seen.add(viewed.tobytes())
+    assert len(seen) == views_for("sudoku") == 64  # every view is a different copy
+    np.testing.assert_array_equal(apply_view(solution, 9, "sudoku"), apply_view(solution, 9, "sudoku"))  # fixed
+    assert views_for("maze") == 8
+    with pytest.raises(ValueError, match="8 views"):
+        apply_view(np.zeros((1, 16), np.int64), 8, "maze")
