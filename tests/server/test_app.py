@@ -144,12 +144,15 @@ def turned(rows: list[Any], tid: int, inverse: bool = False) -> list[Any]:
 def test_views_answer_what_most_turned_copies_answer(client: TestClient) -> None:
     # A maze: the untrained tiny Sudoku model answers the same constant grid however the puzzle is turned, and an
     # answer keeps the maze's walls, S and G, so views differ only where this model marks open cells differently.
-    puzzle, grid, model = "maze", MAZE_10, "maze-tiny-views"
-    body = solve(client, puzzle=puzzle, grid=grid, views=8, model=model).json()
+    # The Q head alone: a view verified first would stop the others (tested with the budget), and this is the vote.
+    # The maze must fill the model's canvas: a ring would be stripped and the smaller inside padded, and the server
+    # turns the padded canvas while a client turns only the maze.
+    puzzle, grid, model = "maze", [" " + MAZE_10[0][1:], *MAZE_10[1:]], "maze-tiny-views"
+    body = solve(client, puzzle=puzzle, grid=grid, views=8, model=model, halt="q_head").json()
     # The same puzzle turned by the client, one request per symmetry, turned back and counted.
     answers = []
     for tid in range(8):
-        one = solve(client, puzzle=puzzle, grid=turned(grid, tid), model=model).json()
+        one = solve(client, puzzle=puzzle, grid=turned(grid, tid), model=model, halt="q_head").json()
         answers.append((turned(one["solution"], tid, inverse=True), one["halt_probability"]))
     assert len({json.dumps(a) for a, _ in answers}) > 1  # an untrained model answers differently per view
     tally: dict[str, list[float]] = {}
@@ -401,9 +404,12 @@ def test_maze_with_ragged_rows_names_the_row(client: TestClient) -> None:
 
 
 def test_maze_larger_than_every_model_is_422_naming_the_size(client: TestClient) -> None:
-    maze = ["#" * 12] + ["#S" + " " * 8 + "G#"] + ["#" * 12] * 10
+    maze = ["S" + " " * 10 + "G"] + ["#" * 12] * 11  # no wall ring: all 12x12 of it is maze
     err = error_of(solve(client, puzzle="maze", grid=maze), 422)
     assert err["field"] == "grid" and "12x12" in err["message"] and "10x10" in err["message"]
+    ringed = ["#" * 14] + [f"#{row}#" for row in maze] + ["#" * 14]
+    err = error_of(solve(client, puzzle="maze", grid=ringed), 422)
+    assert "12x12" in err["message"] and "10x10" in err["message"]  # routing compares the inside of the ring
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(31, 2), (11, 11)])
