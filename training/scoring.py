@@ -136,10 +136,7 @@ def evaluate_model(
         "halted_by": reasons,
         "seconds": round(elapsed, 2),
     }
-    sides = np.asarray(data.extras["side"][:n]) if "side" in data.extras else np.zeros(0)
-    if len(np.unique(sides)) > 1:  # a mixed-size maze set: the headline alone would hide the hardest size
-        right_rows = np.concatenate(exact_rows)
-        result["exact_by_side"] = {str(v): float(right_rows[sides == v].mean()) for v in np.unique(sides)}
+    result.update(by_side(data, np.concatenate(exact_rows) if exact_rows else np.zeros(0, dtype=bool)))
     if keep_predictions:
         result["predictions"] = np.concatenate(preds_never) if preds_never else np.zeros((0, 0))
         result["adaptive_predictions"] = np.concatenate(preds_adaptive) if preds_adaptive else np.zeros((0, 0))
@@ -148,6 +145,17 @@ def evaluate_model(
         result["steps"] = np.concatenate(steps_rows) if steps_rows else np.zeros(0, dtype=np.int64)
         result["verified"] = np.concatenate(verified_rows) if verified_rows else np.zeros(0, dtype=bool)
     return result
+
+
+def by_side(data: PuzzleSet, exact: np.ndarray) -> dict[str, Any]:
+    """`exact_by_side` for a mixed-size maze set (the headline alone would hide the hardest size), else nothing.
+    `exact` holds one flag per puzzle of the first `len(exact)` in `data`."""
+    if "side" not in data.extras:
+        return {}
+    sides = np.asarray(data.extras["side"][: len(exact)])
+    if len(np.unique(sides)) < 2:
+        return {}
+    return {"exact_by_side": {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}}
 
 
 def turned_set(data: PuzzleSet, tid: int, family: str) -> PuzzleSet:
@@ -204,9 +212,7 @@ def evaluate_views(
         "puzzles": n,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
-    if len(np.unique(sides)) > 1:
-        out["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
+    out.update(by_side(data, exact))
     if keep_predictions:
         out["predictions"] = chosen
     return out
@@ -265,7 +271,6 @@ def evaluate_budgets(
         for tid in range(views, total):
             run(tid, unsolved)
     seconds = round(time.perf_counter() - start, 2)
-    sides = np.asarray(data.extras["side"]) if "side" in data.extras else np.zeros(0)
     valid = labels != 0
     out = []
     for escalation in escalations:
@@ -287,8 +292,7 @@ def evaluate_budgets(
             "puzzles": n,
             "seconds": seconds,
         }
-        if len(np.unique(sides)) > 1:
-            result["exact_by_side"] = {str(v): float(exact[sides == v].mean()) for v in np.unique(sides)}
+        result.update(by_side(data, exact))
         if keep_predictions:
             result["predictions"], result["steps"], result["views_tried"] = chosen, cost, tried
         out.append(result)
