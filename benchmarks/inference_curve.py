@@ -103,7 +103,7 @@ def table(curves: dict[str, list[dict[str, Any]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_curve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=WEIGHTS@SPEC")
-    parser.add_argument("--budgets", default="0,48,80,128")
+    parser.add_argument("--budgets", default="0,48,80,128,256")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/inference_curve.json"))
     parser.add_argument("--png", type=Path, default=Path("docs/inference_curve.png"))

@@ -150,8 +150,15 @@ def server_flags(settings: Settings) -> list[str]:
 
 
 def bench_settings(weights_dir: str | Path, models: list[str], **fields: Any) -> Settings:
-    """Server settings for a benchmark: quiet, with a queue and deadline no closed loop reaches."""
-    base: dict[str, Any] = {"queue_capacity": 4096, "request_timeout_s": 600.0, "log_level": "warning"}
+    """Server settings for a benchmark: quiet, with a queue and deadline no closed loop reaches, and no escalation:
+    these benchmarks measure scheduling, one view per puzzle, against a raw model that runs one view too
+    (`benchmarks.inference_curve` measures what escalation buys)."""
+    base: dict[str, Any] = {
+        "queue_capacity": 4096,
+        "request_timeout_s": 600.0,
+        "log_level": "warning",
+        "default_budget_steps": 0,
+    }
     return Settings(weights_dir=Path(weights_dir), models=models, **{**base, **fields})
 
 

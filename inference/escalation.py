@@ -20,9 +20,11 @@ import numpy as np
 
 from inference.views import choose, vote_one
 
-DEFAULT_BUDGET_STEPS = 128
-"""Steps a Sudoku or maze may spend over all its views unless the request or the operator says otherwise: all 8
-views at a 16-step horizon. Puzzles the model solves verify within their first view and spend nothing extra."""
+DEFAULT_BUDGET_STEPS = 256
+"""Steps a Sudoku or maze may spend over all its views unless the request or the operator says otherwise: 16 views
+at a 16-step horizon (a maze has 8). Measured on 100 held-out 21-22-given Sudoku: 94% exact at 24 mean steps with
+128, 99% at 29 with 256, 100% at 41 with 512 (docs/inference.md). Puzzles the model solves verify within their
+first view and spend nothing extra."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from inference.escalation import DEFAULT_BUDGET_STEPS
+from inference.views import views_for
 from server.app import create_app
 from server.settings import Settings
 from tests.server.conftest import SOLVED, sudoku_puzzle, write_checkpoint
@@ -58,7 +60,8 @@ def test_the_budget_limits_the_views_and_is_never_passed(client: TestClient, bud
 
 
 def test_the_default_budget_applies_and_q_head_mode_never_escalates(client: TestClient) -> None:
-    assert solve(client)["views_tried"] == 1 + (128 - HORIZON) // HORIZON  # the server's default_budget_steps
+    default = min(views_for("sudoku"), 1 + (DEFAULT_BUDGET_STEPS - HORIZON) // HORIZON)  # every view it covers
+    assert solve(client)["views_tried"] == default
     research = solve(client, halt="q_head", budget={"steps": 100})
     assert research["verified"] is False and "views_tried" not in research
 

@@ -143,7 +143,7 @@ def test_client_that_goes_away_has_its_puzzle_cancelled_and_its_slot_freed(http:
 
 
 def test_sigterm_answers_in_flight_puzzles_refuses_new_ones_and_exits_zero(tiny_weights: Path, tmp_path: Path) -> None:
-    process = start_server(tiny_weights, tmp_path)
+    process = start_server(tiny_weights, tmp_path, "--default-budget-steps", "0")
     try:
         body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "halt": "never", "max_steps": 64}
 
@@ -174,7 +174,7 @@ def test_sigterm_answers_in_flight_puzzles_refuses_new_ones_and_exits_zero(tiny_
 
 
 def test_requests_during_drain_get_503_with_retry_after_and_not_ready(tiny_weights: Path, tmp_path: Path) -> None:
-    process = start_server(tiny_weights, tmp_path)
+    process = start_server(tiny_weights, tmp_path, "--default-budget-steps", "0")
     try:
         body = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "halt": "never", "max_steps": 64}
         with ThreadPoolExecutor(max_workers=8) as pool, httpx.Client(base_url=process.base, timeout=TIMEOUT) as c:

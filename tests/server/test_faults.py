@@ -57,6 +57,10 @@ def server(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         str(GRACE_S),
         "--slots",
         "4",
+        # No escalation: an untrained model never verifies, and 64 views of a puzzle would outlast the short deadline
+        # these fault tests need.
+        "--default-budget-steps",
+        "0",
     )
     try:
         yield process

@@ -25,6 +25,7 @@ QUICK = {"puzzle": "sudoku", "grid": sudoku_puzzle(seed=1), "max_steps": 2}
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     args = ["--slots", str(SLOTS), "--queue-capacity", str(CAPACITY), "--max-steps-limit", "100000"]
+    args += ["--default-budget-steps", "0"]  # one view a puzzle: escalation is tested in test_budget_escalation.py
     process = start_server(tiny_weights, tmp_path_factory.mktemp("overload-logs"), *args)
     try:
         yield process

@@ -19,7 +19,7 @@ NEVER_DONE = {"puzzle": "sudoku", "grid": sudoku_puzzle(), "halt": "never", "max
 
 
 def test_sigterm_past_the_drain_limit_answers_503_and_exits_zero_in_time(tiny_weights: Path, tmp_path: Path) -> None:
-    args = ["--drain-timeout-s", str(DRAIN_S), "--max-steps-limit", "100000"]
+    args = ["--drain-timeout-s", str(DRAIN_S), "--max-steps-limit", "100000", "--default-budget-steps", "0"]
     process = start_server(tiny_weights, tmp_path, *args)
     try:
         answers: list[httpx.Response] = []

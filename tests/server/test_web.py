@@ -76,7 +76,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     record_trained_sides(weights / "maze-tiny", 15, 9)
     card = {"halting": {"threshold": MAZE_THRESHOLDS[1]}, "halting_views8": {"threshold": MAZE_THRESHOLDS[8]}}
     (weights / "maze-tiny" / "metrics.json").write_text(json.dumps(card))
-    proc = start_server(weights, tmp_path_factory.mktemp("server"), timeout=START_TIMEOUT_S)
+    proc = start_server(
+        weights, tmp_path_factory.mktemp("server"), "--default-budget-steps", "0", timeout=START_TIMEOUT_S
+    )
     try:
         yield proc.base
     finally:
