@@ -480,9 +480,18 @@ function renderSummary() {
   if (!run) status.textContent = "Nothing solved yet. Enter or generate a puzzle, then press Solve.";
   else if (run.controller) status.textContent = `Solving… ${run.steps.length} step${run.steps.length === 1 ? "" : "s"} so far`;
   else if (result && !run.error) {
-    const how = { q_head: "the halting head fired", max_steps: "the step limit was reached", deadline: "the deadline passed" };
+    const how = {
+      verified: "the answer passed the puzzle's rule check",
+      q_head: "the halting head fired",
+      max_steps: "the step limit was reached",
+      deadline: "the deadline passed",
+    };
     status.textContent = `Finished after ${result.steps_used} step${result.steps_used === 1 ? "" : "s"}: ${how[result.halted_by] || result.halted_by}.`;
-    if (result.votes) status.textContent += ` ${result.votes} of ${run.views} orientations gave this answer.`;
+    const views = result.views_tried || run.views;
+    if (result.votes) status.textContent += ` ${result.votes} of ${views} orientations gave this answer.`;
+    if (result.views_tried > run.views) {
+      status.textContent += ` The first answer failed the rule check, so ${result.views_tried} orientations were tried (${result.steps_total} steps in all).`;
+    }
   }
   else if (run.error) status.textContent = `Stopped: ${run.error.message || run.error.error}`;
 
