@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md, burst/")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (the test suite's run)")
-    parser.add_argument("--budget-s", type=float, help="wall seconds for all parts (default 480; smoke 150)")
+    parser.add_argument("--budget-s", type=float, help="wall seconds for all parts (default 480; smoke 300)")
     parser.add_argument("--weights-dir", type=Path, default=Path("weights"))
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts to run, in the usual order")
     parser.add_argument("--cap", action="append", default=[], metavar="PART=SECONDS", help="change a part's cap")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_one_part(args, plan)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    budget = args.budget_s or (150.0 if args.smoke else 480.0)
+    budget = args.budget_s or (300.0 if args.smoke else 480.0)
     deadline = time.monotonic() + budget
     args.out.mkdir(parents=True, exist_ok=True)
     log_file = args.out / "gpu-check.log"

@@ -18,7 +18,7 @@ from server.registry import find_checkpoints
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_check(out: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_check(out: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out), *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
