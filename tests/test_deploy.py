@@ -258,3 +258,17 @@ def test_dockerignore_lets_through_exactly_what_the_images_copy() -> None:
                 assert set(sources) <= allowed, f"{path.name}: COPY {sources} is excluded by .dockerignore"
     for secret_or_bulk in (".venv", "runs", "data_cache", ".git", "artifacts"):
         assert secret_or_bulk not in allowed
+
+
+def test_every_package_the_project_installs_is_copied_into_both_images() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert {"model", "inference", "training", "server"} <= packages
+    for path in DOCKERFILES:
+        copied = set()
+        for op, arg in _instructions(path):
+            if op == "COPY":
+                copied |= {a for a in arg.split() if not a.startswith("--")}
+        assert packages <= copied, f"{path.name} does not COPY {sorted(packages - copied)}"
