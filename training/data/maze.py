@@ -37,8 +37,9 @@ def _neighbours(v, n):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
-    """Distances (-1 unreachable) and shortest-path counts (capped at 2) from `start` over non-wall cells."""
+def bfs(grid, h, w, start, dist, ways, queue):  # type: ignore[no-untyped-def]
+    """Distances (-1 unreachable) and shortest-path counts (capped at 2) from `start` over the non-wall cells of a
+    flat h x w grid, neighbours visited up, down, left, right; returns how many cells it reached."""
     dist[:] = -1
     ways[:] = 0
     dist[start], ways[start], queue[0] = 0, 1, start
@@ -46,15 +47,18 @@ def _bfs(grid, n, start, dist, queue, ways):  # type: ignore[no-untyped-def]
     while head < tail:
         v = queue[head]
         head += 1
-        for w in _neighbours(v, n):
-            if w < 0 or grid[w] == 1:
+        r, c = v // w, v % w
+        for k in range(4):
+            nr, nc = r + (k == 1) - (k == 0), c + (k == 3) - (k == 2)
+            if nr < 0 or nr >= h or nc < 0 or nc >= w or grid[nr * w + nc] == WALL:
                 continue
-            if dist[w] < 0:
-                dist[w] = dist[v] + 1
-                queue[tail] = w
+            u = nr * w + nc
+            if dist[u] < 0:
+                dist[u] = dist[v] + 1
+                queue[tail] = u
                 tail += 1
-            if dist[w] == dist[v] + 1:
-                ways[w] = min(ways[w] + ways[v], 2)
+            if dist[u] == dist[v] + 1:
+                ways[u] = min(ways[u] + ways[v], 2)
     return tail
 
 
@@ -105,9 +109,9 @@ def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels,
     while made < len(questions) and tries < max_tries:
         tries += 1
         _carve(grid, n, loops)
-        seen = _bfs(grid, n, 0, dist, queue, ways)  # cell 0 is always a lattice cell, so it is open
+        seen = bfs(grid, n, n, 0, dist, ways, queue)  # cell 0 is always a lattice cell, so it is open
         a = queue[seen - 1]  # farthest from an arbitrary cell: one end of a (near-)longest shortest path
-        seen = _bfs(grid, n, a, dist, queue, ways)
+        seen = bfs(grid, n, n, a, dist, ways, queue)
         threshold = max(min_path, int(far * dist[queue[seen - 1]]), 2)
         count = 0
         for i in range(seen):
@@ -128,7 +132,7 @@ def _generate_chunk(seed, n, loops, min_path, far, max_tries, questions, labels,
         questions[made, :] = grid
         questions[made, s], questions[made, g] = 3, 4
         labels[made, :] = questions[made]
-        _bfs(grid, n, s, dist, queue, ways)
+        bfs(grid, n, n, s, dist, ways, queue)
         v = g
         while dist[v] > 1:  # walk back from G; the shortest path is unique, so any closer neighbour is on it
             for w in _neighbours(v, n):

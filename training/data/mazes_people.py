@@ -29,6 +29,7 @@ import numpy as np
 from model.puzzles.maze import GOAL, OPEN, PATH, START, WALL
 from training.data.compiled import njit
 from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
+from training.data.maze import bfs
 
 log = logging.getLogger(__name__)
 
@@ -179,30 +180,6 @@ def _carve(grid, w, o, mh, mw, kind):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _bfs(grid, h, w, start, dist, ways, queue):  # type: ignore[no-untyped-def]
-    """Distances (-1 unreachable) and shortest-path counts (capped at 2) from `start` over non-wall cells."""
-    dist[:] = -1
-    ways[:] = 0
-    dist[start], ways[start], queue[0] = 0, 1, start
-    head, tail = 0, 1
-    while head < tail:
-        v = queue[head]
-        head += 1
-        r, c = v // w, v % w
-        for k in range(4):
-            nr, nc = r + (k == 1) - (k == 0), c + (k == 3) - (k == 2)  # up, down, left, right
-            if nr < 0 or nr >= h or nc < 0 or nc >= w or grid[nr * w + nc] == WALL:
-                continue
-            u = nr * w + nc
-            if dist[u] < 0:
-                dist[u] = dist[v] + 1
-                queue[tail] = u
-                tail += 1
-            if dist[u] == dist[v] + 1:
-                ways[u] = min(ways[u] + ways[v], 2)
-
-
-@njit(cache=True)
 def _make(seed, h, w, ring, kind, loops, rooms, doors, far, unique, question, label):  # type: ignore[no-untyped-def]
     """One maze into `question`/`label` (flat h*w); returns the path length in steps, or -1 if no S/G pair fits."""
     np.random.seed(seed)
@@ -243,11 +220,11 @@ def _make(seed, h, w, ring, kind, loops, rooms, doors, far, unique, question, la
     queue = np.empty(h * w, dtype=np.int64)
     s = ends[np.random.randint(0, n_ends)]
     if np.random.random() < 0.5:  # half the time start from the end farthest from a random one: long paths
-        _bfs(grid, h, w, s, dist, ways, queue)
+        bfs(grid, h, w, s, dist, ways, queue)
         for i in range(n_ends):
             if dist[ends[i]] > dist[s]:
                 s = ends[i]
-    _bfs(grid, h, w, s, dist, ways, queue)
+    bfs(grid, h, w, s, dist, ways, queue)
     longest = 0
     for i in range(n_ends):
         longest = max(longest, dist[ends[i]])
