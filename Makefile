@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS ?=
 PRESET ?= sudoku-cpu
 
-.PHONY: install serve test lint train bench bench-model bench-train compare gpu-check gpu-wheels clean
+.PHONY: install serve test lint train bench bench-model bench-train bench-replicas compare gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -34,8 +34,24 @@ $(CHROMIUM):
 	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium
 
-test: lint $(CHROMIUM)
-	$(BIN)/python -m pytest $(ARGS)
+# The replica test (tests/test_replicas.py, make bench-replicas) puts Debian's HAProxy in front of three servers;
+# install it when it is missing, as Chromium.
+HAPROXY ?= /usr/sbin/haproxy
+$(HAPROXY):
+	if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq haproxy
+
+# The Kubernetes manifests' policy scan (tests/test_k8s_manifests.py) runs checkov from a venv of its own: checkov
+# pins networkx<3 and an old packaging, which would downgrade what torch and pytest use in $(VENV).
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_SPEC ?= checkov==3.3.30
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+$(CHECKOV):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet $(CHECKOV_SPEC)
+
+test: lint $(CHROMIUM) $(HAPROXY) $(CHECKOV)
+	CHECKOV_VENV=$(CHECKOV_VENV) HAPROXY=$(HAPROXY) $(BIN)/python -m pytest $(ARGS)
 
 train: $(STAMP)
 	$(BIN)/python -m training.run --preset $(PRESET) $(ARGS)
@@ -48,6 +64,10 @@ bench-model: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python -m benchmarks.train --preset $(PRESET) $(ARGS)
+
+# Answers/s through HAProxy with 1 and 3 replicas, then a rolling restart of all three under load (docs/deployment.md).
+bench-replicas: $(STAMP) $(HAPROXY)
+	HAPROXY=$(HAPROXY) $(BIN)/python -m benchmarks.replicas $(ARGS)
 
 compare: $(STAMP)
 	$(BIN)/python -m benchmarks.compare_models $(ARGS)
@@ -84,4 +104,4 @@ gpu-wheels:
 		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEEL_PACKAGES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
