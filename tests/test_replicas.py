@@ -3,7 +3,7 @@
 Every request must be answered, none with a 5xx, every answer equal to the one the puzzle got when solved alone,
 every old replica must drain and exit 0, and every replacement must rejoin the pool and serve. HAProxy is
 Debian's package, which `make test` installs when it is missing; the replicas serve the shipped sudoku-9x9 on one
-thread each. 42 s here with two other jobs on the 2 cores (`-m "not slow"` leaves it out).
+thread each. 42-62 s here, with a training run and other jobs on the 2 cores (`-m "not slow"` leaves it out).
 """
 
 from __future__ import annotations
