@@ -22,7 +22,7 @@ class DataConfig:
     """Where training examples come from. Built once into `cache_dir`, then memory-mapped."""
 
     builder: str = "sudoku"
-    """sudoku | sudoku-csv | maze | maze-people | maze-csv | arc. `maze-people` mixes every style of
+    """sudoku | sudoku-hard | sudoku-csv | maze | maze-people | maze-csv | arc. `maze-people` mixes every style of
     `training.data.mazes_people` with sides min_grid_size (5 when unset)..grid_size, in a (grid_size + 1)-square
     canvas of walls, and opens up to `maze_loops` of the inner walls; it is for the size-agnostic `conv` model."""
     cache_dir: str = ""
@@ -35,6 +35,10 @@ class DataConfig:
     """Readers: keep this many training rows (the paper's 1000 Sudoku-Extreme puzzles); 0 keeps all."""
     givens_min: int = 30
     givens_max: int = 40
+    min_rating: int = 0
+    """sudoku-hard: the difficulty floor, in branch nodes of the exact solver after singles (0 = any puzzle)."""
+    easy_share: float = 0.0
+    """sudoku-hard: share of training puzzles drawn from the plain generator with 22-40 givens instead."""
     grid_size: int = 9
     """Sudoku side (9, or 4 for tests) or maze side N."""
     min_path: int = 0

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         required=True,
         help="a built dataset dir, a CSV file (Sudoku-Extreme / Maze-Hard format), or a generator spec "
-        "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]",
+        "generate:sudoku:N:GMIN:GMAX[:SEED] / generate:sudoku-hard:N:GMIN:GMAX:FLOOR[:SEED] / "
+        "generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]",
     )
     parser.add_argument(
         "--halt",

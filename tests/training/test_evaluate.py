@@ -319,8 +319,27 @@ def test_generated_maze_spec_takes_the_share_of_opened_walls(monkeypatch: pytest
     assert np.array_equal(np.asarray(load_eval_data("generate:maze:40:9:6:7:0.1", config).inputs), default.inputs)
 
 
+def test_generated_hard_sudoku_spec_keeps_its_givens_and_rating_floor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = load_eval_data("generate:sudoku-hard:12:20:23:4:9", tiny_config())
+    grids = np.asarray(data.inputs).reshape(-1, 9, 9)
+    givens = (grids > 1).sum(axis=(1, 2))  # token 1 is a blank, 2..10 the digits
+    assert len(grids) == 12 and givens.min() >= 20 and givens.max() <= 23
+    assert (np.asarray(data.extras["rating"]) >= 4).all()
+
+
 @pytest.mark.parametrize(
-    "spec", ["generate:maze:40:9", "generate:maze:40:9:6:7:0:1", "generate:sudoku:10:30:40:1:0", "generate:maze:x:9:6"]
+    "spec",
+    [
+        "generate:maze:40:9",
+        "generate:maze:40:9:6:7:0:1",
+        "generate:sudoku:10:30:40:1:0",
+        "generate:maze:x:9:6",
+        "generate:sudoku-hard:10:17:25",
+        "generate:sudoku-hard:10:17:25:3:1:2",
+    ],
 )
 def test_malformed_generate_specs_say_what_is_expected(spec: str) -> None:
     config = tiny_config(family="maze", vocab_size=6, seq_len=81)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.puzzles.sudoku import decode_tokens, encode_grids, is_valid_solution
-from training.data import sudoku
+from training.data import sudoku, sudoku_hard
 from training.data.dataset import load_meta, load_split
 
 
@@ -215,3 +215,82 @@ def test_build_from_csv_subsamples_train_with_a_seed(tmp_path: Path, nine: sudok
     train, test = load_split(root, "train"), load_split(root, "test")
     assert len(train) == 10 and len(test) == 7 and load_meta(root).seq_len == 81
     assert (test.inputs == encode_grids(nine.puzzles[:7])).all()
+
+
+EASY_NEWSPAPER = "003020600900305001001806400008102900700000008006708200002609500800203009005010300"
+NORVIG_HARDEST_FIRST = "85...24..72......9..4.........1.7..23.5...9...4...........8..7..17..........36.4."
+
+
+def _grid(text: str) -> np.ndarray:
+    return np.array([0 if ch in ".0" else int(ch) for ch in text], dtype=np.int8).reshape(9, 9)
+
+
+def test_rating_puts_a_newspaper_puzzle_below_the_first_of_norvigs_hardest() -> None:
+    easy, hard = _grid(EASY_NEWSPAPER), _grid(NORVIG_HARDEST_FIRST)
+    assert sudoku.count_solutions(easy)[0] == 1 and sudoku.count_solutions(hard)[0] == 1
+    assert sudoku.rating(easy) == 0  # singles alone solve it
+    assert sudoku.rating(hard) >= 3  # over the hard floor the hard-Sudoku preset trains on
+
+
+@pytest.fixture(scope="module")
+def hard() -> sudoku.SudokuPuzzles:
+    return sudoku_hard.generate(24, givens=(17, 23), min_rating=3, seed=11, workers=1, per_walk=2)
+
+
+def test_hard_puzzles_have_one_solution_their_givens_and_rating(hard: sudoku.SudokuPuzzles) -> None:
+    assert is_valid_solution(hard.solutions, hard.puzzles).all()
+    givens = (hard.puzzles != 0).sum(axis=(1, 2))
+    assert givens.min() >= 17 and givens.max() <= 23
+    assert [sudoku.rating(p) for p in hard.puzzles] == hard.ratings.tolist()
+    assert hard.ratings.min() >= 3
+    for puzzle in hard.puzzles[:4]:
+        assert brute_force_count(puzzle) == 1
+
+
+def test_hard_puzzles_are_minimal_so_every_given_is_needed(hard: sudoku.SudokuPuzzles) -> None:
+    for puzzle in hard.puzzles[:3]:
+        for r, c in zip(*np.nonzero(puzzle), strict=True):
+            fewer = puzzle.copy()
+            fewer[r, c] = 0
+            assert sudoku.count_solutions(fewer)[0] == 2
+
+
+def test_the_walk_reaches_fewer_givens_and_harder_puzzles_than_plain_removal() -> None:
+    plain = sudoku.generate(64, 9, (17, 30), seed=5, workers=1)
+    walked = sudoku_hard.generate(64, (17, 25), min_rating=3, seed=5, workers=1)
+    assert (walked.puzzles != 0).sum(axis=(1, 2)).mean() < (plain.puzzles != 0).sum(axis=(1, 2)).mean() - 1
+    assert np.median(walked.ratings) > np.median(plain.ratings)
+
+
+def test_hard_generation_is_deterministic_in_seed() -> None:
+    one = sudoku_hard.generate(6, (20, 25), min_rating=2, seed=3, workers=1)
+    two = sudoku_hard.generate(6, (20, 25), min_rating=2, seed=3, workers=1)
+    assert np.array_equal(one.puzzles, two.puzzles)
+    assert not np.array_equal(one.puzzles, sudoku_hard.generate(6, (20, 25), min_rating=2, seed=4, workers=1).puzzles)
+
+
+def test_hard_settings_below_seventeen_givens_are_refused() -> None:
+    with pytest.raises(ValueError, match="17"):
+        sudoku_hard.generate(4, givens=(16, 22))
+
+
+def test_hard_augmentation_keeps_puzzles_and_solutions_valid(hard: sudoku.SudokuPuzzles) -> None:
+    inputs, labels = encode_grids(hard.puzzles), encode_grids(hard.solutions)
+    a_in, a_lab = sudoku.augment_batch(inputs, labels, np.random.default_rng(0))
+    puzzles, solutions = decode_tokens(a_in).reshape(-1, 9, 9), decode_tokens(a_lab).reshape(-1, 9, 9)
+    assert is_valid_solution(solutions, puzzles).all()
+    assert [sudoku.count_solutions(p)[0] for p in puzzles[:4]] == [1] * 4
+
+
+def test_hard_build_mixes_easy_puzzles_into_train_only(tmp_path: Path) -> None:
+    root = sudoku_hard.build(tmp_path / "d", n_train=40, n_test=8, givens=(19, 24), min_rating=2, easy_share=0.25)
+    train, test = load_split(root, "train"), load_split(root, "test")
+    givens_train = (np.asarray(train.inputs) > 1).sum(axis=1)
+    givens_test = (np.asarray(test.inputs) > 1).sum(axis=1)
+    assert len(train) == 40 and len(test) == 8
+    assert (givens_train > 24).sum() >= 5  # the plain share, 22-40 givens, mostly above the hard range
+    assert givens_test.max() <= 24 and (np.asarray(test.extras["rating"]) >= 2).all()
+    rows = {bytes(r) for r in np.asarray(train.inputs)}
+    assert not any(bytes(r) in rows for r in np.asarray(test.inputs))
+    source = load_meta(root).source
+    assert sum(source["hard_givens_histogram"].values()) == 30 + 8

@@ -40,6 +40,18 @@ def build(data: DataConfig, out: Path) -> Path:
         return sudoku.build(
             out, data.n_train, data.n_test, (data.givens_min, data.givens_max), data.seed, side=data.grid_size
         )
+    if data.builder == "sudoku-hard":
+        from training.data import sudoku_hard
+
+        return sudoku_hard.build(
+            out,
+            data.n_train,
+            data.n_test,
+            (data.givens_min, data.givens_max),
+            data.min_rating,
+            data.easy_share,
+            data.seed,
+        )
     if data.builder == "sudoku-csv":
         train, test = _csv_pair(data.path)
         return sudoku.build_from_csv(
@@ -146,31 +158,37 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     """Held-out puzzles for `training.evaluate`.
 
     `spec` is a built dataset directory (its test split), a CSV file in the public Sudoku-Extreme / Maze-Hard
-    format, or `generate:sudoku:N:GMIN:GMAX[:SEED]` / `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
+    format, or `generate:sudoku:N:GMIN:GMAX[:SEED]`, `generate:sudoku-hard:N:GMIN:GMAX:FLOOR[:SEED]` (FLOOR: the
+    least rating, `training.data.sudoku_hard`) or `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
     share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G).
     """
     if spec.startswith("generate:"):
         _, kind, *fields = spec.split(":")
+        ints = 5 if kind == "sudoku-hard" else 4
         try:
-            nums = [int(x) for x in fields[:4]]
+            nums = [int(x) for x in fields[:ints]]
             loops = float(fields[4]) if kind == "maze" and len(fields) > 4 else maze.DEFAULT_LOOPS
         except ValueError:
             raise ValueError(f"evaluation data {spec!r}: the generate: fields must be numbers") from None
-        if len(nums) < 3 or len(fields) > (5 if kind == "maze" else 4):
+        if len(nums) < ints - 1 or len(fields) > (5 if kind == "maze" else ints):
             raise ValueError(
-                f"evaluation data {spec!r}: expected generate:sudoku:N:GMIN:GMAX[:SEED] or "
-                "generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]"
+                f"evaluation data {spec!r}: expected generate:sudoku:N:GMIN:GMAX[:SEED], "
+                "generate:sudoku-hard:N:GMIN:GMAX:FLOOR[:SEED] or generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]"
             )
         tmp = Path(tempfile.mkdtemp(prefix="trm-eval-"))
-        seed = nums[3] if len(nums) > 3 else 12345
-        if kind == "sudoku":
+        seed = nums[ints - 1] if len(nums) > ints - 1 else 12345
+        if kind == "sudoku-hard":
+            from training.data import sudoku_hard
+
+            sudoku_hard.build(tmp, 0, nums[0], (nums[1], nums[2]), min_rating=nums[3], seed=seed)
+        elif kind == "sudoku":
             side = int(config.seq_len**0.5)
             sudoku.build(tmp, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
         elif kind == "maze":
             maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed, loops=loops)
             return pad_mazes(load_split(tmp, "test", mmap=False), nums[1], config.grid_side)
         else:
-            raise ValueError(f"cannot generate {kind!r} puzzles (sudoku or maze)")
+            raise ValueError(f"cannot generate {kind!r} puzzles (sudoku, sudoku-hard or maze)")
         return load_split(tmp, "test", mmap=False)
     path = Path(spec)
     if path.is_dir():

@@ -99,8 +99,12 @@ def _propagate(grid, side, units, cell_units, popcnt, lowbit, cand, used):  # ty
 
 
 @njit(cache=True)
-def _search(grid0, side, units, cell_units, popcnt, lowbit, limit, randomize, solution):  # type: ignore[no-untyped-def]
-    """Depth-first search with propagation; returns (solutions found, stopping at `limit`; branch nodes)."""
+def _search(grid0, side, units, cell_units, popcnt, lowbit, limit, randomize, solution, avoid):  # type: ignore[no-untyped-def]
+    """Depth-first search with propagation; returns (solutions found, stopping at `limit`; branch nodes).
+
+    `solution` receives the first solution found that differs from `avoid` (an all-blank `avoid` differs from
+    every solution): the hard-puzzle walk asks for a solution other than the true one, to see which cells tell
+    them apart."""
     n = side * side
     stack = np.empty((n * side + 1, n), dtype=np.int8)
     work = np.empty(n, dtype=np.int8)
@@ -108,7 +112,7 @@ def _search(grid0, side, units, cell_units, popcnt, lowbit, limit, randomize, so
     used = np.zeros(3 * side, dtype=np.int32)
     digits = np.empty(side, dtype=np.int8)
     stack[0, :] = grid0
-    sp, found, nodes = 1, 0, 0
+    sp, found, nodes, stored = 1, 0, 0, False
     while sp > 0:
         sp -= 1
         work[:] = stack[sp]
@@ -117,8 +121,9 @@ def _search(grid0, side, units, cell_units, popcnt, lowbit, limit, randomize, so
             continue
         if status == 1:
             found += 1
-            if found == 1:
+            if not stored and (work != avoid).any():
                 solution[:] = work
+                stored = True
             if found >= limit:
                 break
             continue
@@ -169,7 +174,7 @@ def _generate_chunk(  # type: ignore[no-untyped-def]
     made, tries = 0, 0
     while made < len(puzzles) and tries < max_tries:
         tries += 1
-        _search(empty, side, units, cell_units, popcnt, lowbit, 1, True, solution)  # a random full grid
+        _search(empty, side, units, cell_units, popcnt, lowbit, 1, True, solution, empty)  # a random full grid
         target = np.random.randint(lo, hi + 1)
         puzzle = solution.copy()
         givens = n
@@ -178,14 +183,14 @@ def _generate_chunk(  # type: ignore[no-untyped-def]
                 break
             value = puzzle[c]
             puzzle[c] = 0
-            found, _ = _search(puzzle, side, units, cell_units, popcnt, lowbit, 2, False, scratch)
+            found, _ = _search(puzzle, side, units, cell_units, popcnt, lowbit, 2, False, scratch, empty)
             if found == 1:
                 givens -= 1
             else:
                 puzzle[c] = value
         if givens < lo or givens > hi:
             continue
-        _, rating = _search(puzzle, side, units, cell_units, popcnt, lowbit, 1 << 30, False, scratch)
+        _, rating = _search(puzzle, side, units, cell_units, popcnt, lowbit, 1 << 30, False, scratch, empty)
         if rating < min_rating or (max_rating >= 0 and rating > max_rating):
             continue
         puzzles[made] = puzzle
@@ -209,7 +214,8 @@ def count_solutions(grid: np.ndarray, limit: int = 2) -> tuple[int, int]:
     """(number of solutions up to `limit`, branch nodes searched) for one value grid [side, side]."""
     g = np.asarray(grid, dtype=np.int8)
     side = g.shape[-1]
-    found, nodes = _search(g.reshape(-1), side, *_tables(side), limit, False, np.zeros(side * side, np.int8))
+    blank = np.zeros(side * side, np.int8)
+    found, nodes = _search(g.reshape(-1), side, *_tables(side), limit, False, blank.copy(), blank)
     return int(found), int(nodes)
 
 
