@@ -60,7 +60,7 @@ class Service:
         jobs = prep.jobs if jobs is None else jobs
         try:
             for job in jobs:
-                self.scheduler.submit(prep.entry.name, job)
+                self.scheduler.submit(prep.entry.pool or prep.entry.name, job)
         except QueueFull as exc:
             for job in jobs:
                 self.scheduler.cancel(job)
@@ -170,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics,
                 rules=entry.codec,
             )
-            for name, entry in registry.models.items()
+            for name, entry in registry.pools().items()
         }
         scheduler = Scheduler(schedulers)
         service = Service(settings, registry, scheduler, metrics)
@@ -179,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.model_info.labels(name).info(
                 {"puzzle": entry.family, "sha256": entry.checkpoint.sha256, "backend": entry.engine.backend}
             )
+        for name in schedulers:
             metrics.gauges(name, 0, 0)
         scheduler.start()
         app.state.service = service

@@ -115,7 +115,7 @@ class TorchEngine(Engine):
             self.model.compile_networks(dynamic=False)
         # The carry stays fp32 under bf16 autocast, as in training (the step returns it in fp32): rounding y and z
         # to bf16 between steps would feed the network states it never saw, for a saving of a few MB.
-        carry = self.model.initial_carry(slots, device)
+        carry = self.model.initial_carry(slots, device, num_tokens=config.seq_len)  # a canvas pool's own size
         self.y: Tensor = carry.y
         self.z: Tensor = carry.z
         self.inputs = torch.zeros(slots, config.seq_len, dtype=torch.long, device=device)

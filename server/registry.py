@@ -10,7 +10,7 @@ import importlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from model.device import resolve_device
 from model.precision import resolve_dtype
 from model.puzzles import get_codec
 from model.puzzles.base import Codec
+from model.puzzles.maze import MazeCodec
 from model.trm import count_trainable_parameters
 from server.engine import Engine, TorchEngine, configure_cpu_threads
 from server.settings import Settings
@@ -40,6 +41,20 @@ class ModelEntry:
     """Puzzle-id names (ARC task variants); index = row of the puzzle table."""
     operator: Operator = field(default_factory=Operator)
     """The server's own halting defaults (settings), which beat the card's calibration."""
+    pool: str = ""
+    """The scheduler queue this entry's puzzles go to: its name, or for one canvas of a size-agnostic model
+    "name@SIDExSIDE" (`canvases`)."""
+    canvases: list[ModelEntry] = field(default_factory=list)
+    """A size-agnostic (`conv`) maze model: one entry per canvas size, smallest first, the model's own canvas
+    being this entry. They share the network; each has its codec and its engine, so puzzles batch by size."""
+    max_side: int = 0
+    """The longest maze side this model takes: its grid side, or `max_maze_side` for a size-agnostic one."""
+
+    def for_side(self, side: int | None) -> ModelEntry:
+        """The entry that runs a puzzle whose longer side is `side`: this one, or the smallest canvas that fits."""
+        if side is None or not self.canvases:
+            return self
+        return next((c for c in self.canvases if c.codec.fits >= side), self.canvases[-1])  # type: ignore[attr-defined]
 
     @cached_property
     def calibration(self) -> Calibration:
@@ -66,6 +81,8 @@ class ModelEntry:
             "puzzle": self.family,
             "arch": self.config.arch,
             "grid_size": self.config.grid_side,
+            "max_side": self.max_side or self.config.grid_side,
+            "canvases": [c.codec.side for c in self.canvases],  # type: ignore[attr-defined]
             "trained_sides": trained_sides(self.config),
             "config": {k: v for k, v in self.config.to_dict().items() if k != "training"},
             "trainable_parameters": count_trainable_parameters(self.checkpoint.model),
@@ -91,7 +108,9 @@ def find_checkpoints(weights_dir: Path, names: list[str]) -> list[Path]:
     return sorted(p for p in weights_dir.iterdir() if (p / CONFIG_FILE).is_file())
 
 
-def build_engine(ckpt: Checkpoint, settings: Settings) -> Engine:
+def build_engine(ckpt: Checkpoint, settings: Settings, canvas: int | None = None) -> Engine:
+    """The checkpoint's engine; with `canvas`, a size-agnostic model's engine for that canvas side, its slots cut so
+    the pool holds about `canvas_tokens` cells."""
     device = resolve_device(settings.device)
     backend = settings.backend
     if backend == "onnx":
@@ -100,7 +119,30 @@ def build_engine(ckpt: Checkpoint, settings: Settings) -> Engine:
         engine: Engine = OnnxEngine.from_checkpoint(ckpt, settings.slots, device, settings.threads)
         return engine
     dtype = resolve_dtype(settings.dtype, device)
-    return TorchEngine(ckpt.model, ckpt.config, settings.slots, device, dtype, settings.compile)
+    config, slots = ckpt.config, settings.slots
+    if canvas is not None:
+        config = replace(config, seq_len=canvas * canvas)
+        slots = max(1, min(slots, settings.canvas_tokens // config.seq_len))
+    return TorchEngine(ckpt.model, config, slots, device, dtype, settings.compile)
+
+
+def size_agnostic(config: TRMConfig) -> bool:
+    """A maze model whose weights have no size (`conv` mixer): it serves any maze up to `max_maze_side`."""
+    return config.family == "maze" and config.mixer == "conv"
+
+
+def canvas_sides(trained: int, limit: int) -> list[int]:
+    """Canvas sides of a size-agnostic model's pools: its trained canvas, then steps of about 1.5x (multiples of
+    8) up to the first that takes a `limit`-side maze and its one-cell wall margin.
+
+    Each maze runs on the smallest canvas that takes it, so at most about 2.25x of a step's cells are padding,
+    and the few pools keep the number of batch shapes (and of warm-ups, and of compiled graphs) small.
+    """
+    last = -(-(limit + 1) // 8) * 8
+    sides = [trained]
+    while sides[-1] - 1 < limit:
+        sides.append(min(max(-(-sides[-1] * 3 // 2 // 8) * 8, sides[-1] + 8), last))
+    return sides
 
 
 class Registry:
@@ -117,16 +159,7 @@ class Registry:
         for path in find_checkpoints(self.settings.weights_dir, self.settings.models):
             try:
                 ckpt = load_checkpoint(path)
-                entry = ModelEntry(
-                    name=path.name,
-                    checkpoint=ckpt,
-                    codec=get_codec(ckpt.config.family, ckpt.config.seq_len),
-                    engine=build_engine(ckpt, self.settings),
-                    card=read_card_metrics(path),
-                    identifiers=_identifiers(path),
-                    operator=Operator(self.settings.halt_threshold, self.settings.default_max_steps or None),
-                )
-                entry.engine.warm_up()
+                entry = self._entry(path, ckpt)
             except (CheckpointError, ValueError, OSError) as exc:
                 if self.settings.on_broken_checkpoint == "fail":
                     raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
@@ -148,6 +181,43 @@ class Registry:
         if not self.models:
             raise CheckpointError(f"no loadable checkpoint under {self.settings.weights_dir}")
 
+    def _entry(self, path: Path, ckpt: Checkpoint) -> ModelEntry:
+        """A loaded, warmed-up entry; a size-agnostic maze model gets its canvas pools (torch backend only: the
+        ONNX engine keeps the exported canvas)."""
+        config = ckpt.config
+        card, ids = read_card_metrics(path), _identifiers(path)
+        operator = Operator(self.settings.halt_threshold, self.settings.default_max_steps or None)
+
+        def make(canvas: int | None) -> ModelEntry:
+            side = canvas or config.grid_side
+            pooled = size_agnostic(config)
+            codec = MazeCodec(side * side, margin=1) if pooled else get_codec(config.family, config.seq_len)
+            entry = ModelEntry(
+                name=path.name,
+                checkpoint=ckpt,
+                codec=codec,
+                engine=build_engine(ckpt, self.settings, canvas),
+                card=card,
+                identifiers=ids,
+                operator=operator,
+                pool=f"{path.name}@{side}x{side}" if canvas else path.name,
+                max_side=min(self.settings.max_maze_side, codec.fits) if pooled and canvas else 0,  # type: ignore[attr-defined]
+            )
+            entry.engine.warm_up()
+            return entry
+
+        entry = make(None)
+        if size_agnostic(config) and self.settings.backend != "onnx":
+            entry.max_side = self.settings.max_maze_side
+            sides = canvas_sides(config.grid_side, self.settings.max_maze_side)
+            entry.canvases = [entry, *(make(side) for side in sides[1:])]
+        return entry
+
+    def pools(self) -> dict[str, ModelEntry]:
+        """Every entry that has its own scheduler queue, by pool name: each model, and each extra canvas of a
+        size-agnostic one."""
+        return {c.pool or c.name: c for e in self.models.values() for c in (e.canvases or [e])}
+
     def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
         """The named model, or the family's default: one trained on puzzles of `side` if any (see `trained_on`),
         then the smallest grid that fits it (cheapest compute).
@@ -160,13 +230,23 @@ class Registry:
                 raise KeyError(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models))}")
             if entry.family != family:
                 raise ValueError(f"model {name!r} solves {entry.family}, not {family}")
-            return entry
+            if entry.canvases and side is not None and side > entry.max_side:
+                raise ValueError(
+                    f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
+                    f"{entry.max_side} a side (setting max_maze_side)"
+                )
+            return entry.for_side(side)
         candidates = [e for e in self.models.values() if e.family == family]
         if not candidates:
             raise KeyError(f"no {family} model is loaded")
-        fitting = [e for e in candidates if side is None or e.config.grid_side >= side]
+        fitting = [e for e in candidates if side is None or (e.max_side or e.config.grid_side) >= side]
         if not fitting:
-            largest = max(e.config.grid_side for e in candidates)
+            largest = max(e.max_side or e.config.grid_side for e in candidates)
+            if any(e.canvases for e in candidates):
+                raise ValueError(
+                    f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
+                    f"{largest} a side (setting max_maze_side)"
+                )
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
         return min(
             fitting,
@@ -176,7 +256,7 @@ class Registry:
                 e.config.arch != "trm",
                 e.name,
             ),
-        )
+        ).for_side(side)
 
 
 def trained_sides(config: TRMConfig) -> tuple[int, int] | None:

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     scheduler_policy: Literal["continuous", "static", "sequential"] = "continuous"
     """continuous: refill slots every step; static: a batch runs to the end before the next starts;
     sequential: one puzzle at a time. The last two exist to measure the first against them."""
+    max_maze_side: int = Field(128, ge=2, le=1024)
+    """Longest maze side (inside its wall ring) a size-agnostic maze model takes; a larger maze gets a 422."""
+    canvas_tokens: int = Field(32768, ge=256)
+    """A size-agnostic model's slots per canvas pool: this many grid cells in all, so a pool of 136x136 canvases
+    holds one or two mazes and a pool of 24x24 ones many (never more than `slots`)."""
     queue_capacity: int = Field(1024, ge=1)
     """Puzzles waiting per model before new ones get 503."""
     default_max_steps: int = Field(0, ge=0)

@@ -21,17 +21,18 @@ from model.puzzles.base import Codec, PuzzleError
 
 CHARS = "\0# SGo"  # token id -> character; index 0 (PAD) never appears in a grid
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
-_QUESTION_CHARS = "# SG"
+_QUESTION_CHARS = "# SG."  # '.' is an open cell too, as many maze files write it; the answer keeps it
 _TOKEN_OF = {ch: i for i, ch in enumerate(CHARS) if i}
 # Token -> character for decoding; anything outside the alphabet (PAD, junk) shows as '?', which verify rejects.
 _DECODE = np.array(["?", "#", " ", "S", "G", "o"])
 
 
 def chars_to_tokens(rows: list[str]) -> np.ndarray:
-    """uint8 token grid [h, w] from already validated rows over '# SGo'."""
+    """uint8 token grid [h, w] from already validated rows over '# SGo' ('.' reads as ' ', an open cell)."""
     lookup = np.zeros(128, dtype=np.uint8)
     for ch, tok in _TOKEN_OF.items():
         lookup[ord(ch)] = tok
+    lookup[ord(".")] = OPEN
     codes = np.array([[ord(ch) for ch in row] for row in rows], dtype=np.int64)
     return lookup[codes]
 
@@ -73,8 +74,8 @@ def inside(grid: np.ndarray) -> np.ndarray:
 
 
 def solved_side(raw: Any) -> int | None:
-    """The side of the square a raw request maze is solved at (two less with a wall ring), or None when `raw` is
-    not a list of strings; routing needs it before the maze is parsed."""
+    """The longer side of the part of a raw request maze that is solved (two less with a wall ring), or None when
+    `raw` is not a list of strings; routing needs it before the maze is parsed."""
     if not isinstance(raw, list) or not raw or not all(isinstance(row, str) for row in raw):
         return None
     ring = (
@@ -83,7 +84,28 @@ def solved_side(raw: Any) -> int | None:
         and set(raw[0]) == set(raw[-1]) == {"#"}
         and all(row[0] == "#" and row[-1] == "#" for row in raw)
     )
-    return len(raw) - 2 if ring else len(raw)
+    longest = max(len(raw), max(len(row) for row in raw))
+    return longest - 2 if ring else longest
+
+
+class Maze(np.ndarray):  # type: ignore[type-arg]
+    """A parsed maze: its token grid [h, w], which also remembers the rows exactly as they were given.
+
+    Open cells may be written ' ' or '.'; the answer must be those rows with only open cells turned 'o', so the
+    codec needs the characters back. Anything derived from a Maze (a slice, a copy, arithmetic) is a plain grid
+    that has forgotten them, so `given` is only ever read from the object `MazeCodec.parse` returned.
+    """
+
+    given: tuple[str, ...] | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.given = None
+
+    @classmethod
+    def of(cls, rows: list[str]) -> Maze:
+        maze = chars_to_tokens(rows).view(cls)
+        maze.given = tuple(rows)
+        return maze
 
 
 def _as_tokens(grid: np.ndarray | list[str]) -> np.ndarray:
@@ -178,38 +200,57 @@ def is_shortest_path_answer(question: np.ndarray, answer: np.ndarray) -> bool:
 
 
 class MazeCodec(Codec):
-    """Codec for square mazes up to the model's N x N; puzzles are uint8 token grids [h, h] at their own size."""
+    """Codec for mazes that fit the model's N x N canvas, square or not; puzzles are `Maze` grids at their own size.
+
+    `margin` walls are kept below and to the right of every maze. A size-agnostic (`conv`) model mixes cells on a
+    torus, so without a wall row and column between a maze's last and first rows and columns, a ring-free maze
+    would wrap into itself; the fixed-size models read the canvas as a plane and need none.
+    """
 
     family = "maze"
     vocab_size = 6
 
-    def __init__(self, seq_len: int = 900) -> None:
+    def __init__(self, seq_len: int = 900, margin: int = 0) -> None:
         super().__init__(seq_len)
         self.side = math.isqrt(seq_len)
+        self.margin = margin
         if self.side * self.side != seq_len or self.side < 2:
             raise ValueError(f"maze seq_len must be a square (900 for 30x30), got {seq_len}")
 
-    def parse(self, raw: Any) -> np.ndarray:
-        """Validate a maze (a square list of equal-length strings over '# SG'); it must have a path S->G."""
+    @property
+    def fits(self) -> int:
+        """The longest side of a maze (inside its wall ring, if any) this canvas takes."""
+        return self.side - self.margin
+
+    def parse(self, raw: Any) -> Maze:
+        """Validate a maze: equal-length strings over '#', ' ' or '.', 'S', 'G', with a path from S to G."""
         if not isinstance(raw, list) or not raw:
-            raise PuzzleError("grid must be a non-empty list of strings over '#', ' ', 'S', 'G'")
-        size = len(raw)
+            raise PuzzleError("grid must be a non-empty list of strings over '#', ' ' or '.', 'S', 'G'")
         for r, row in enumerate(raw):
             if not isinstance(row, str):
                 raise PuzzleError(f"grid[{r}] is not a string", field=f"grid[{r}]")
-            if len(row) != size:
-                raise PuzzleError(f"grid[{r}] has {len(row)} characters, expected {size}", field=f"grid[{r}]")
+        width = len(raw[0])
+        for r, row in enumerate(raw):
+            if len(row) != width:
+                raise PuzzleError(
+                    f"grid[{r}] has {len(row)} characters, expected {width} (as grid[0]; a maze is a rectangle)",
+                    field=f"grid[{r}]",
+                )
+        if width == 0:
+            raise PuzzleError("grid rows are empty", field="grid[0]")
         for r, row in enumerate(raw):
             for c, ch in enumerate(row):
                 if ch not in _QUESTION_CHARS:
                     raise PuzzleError(
-                        f"grid[{r}][{c}] is {ch!r}, expected one of '#', ' ', 'S', 'G'", field=f"grid[{r}][{c}]"
+                        f"grid[{r}][{c}] is {ch!r}, expected one of '#', ' ', '.', 'S', 'G'", field=f"grid[{r}][{c}]"
                     )
-        grid = chars_to_tokens(raw)
-        solved = len(inside(grid))
-        if solved > self.side:
-            ring = f" ({solved}x{solved} inside its wall ring)" if solved != size else ""
-            raise PuzzleError(f"maze is {size}x{size}{ring}, larger than this model's {self.side}x{self.side}")
+        grid = Maze.of(raw)
+        h, w = inside(grid).shape
+        if max(h, w) > self.fits:
+            ring = f" ({h}x{w} inside its wall ring)" if (h, w) != grid.shape else ""
+            raise PuzzleError(
+                f"maze is {grid.shape[0]}x{grid.shape[1]}{ring}, larger than this model's {self.fits}x{self.fits}"
+            )
         for name, tok in (("S", START), ("G", GOAL)):
             n = int((grid == tok).sum())
             if n == 0:
@@ -228,22 +269,32 @@ class MazeCodec(Codec):
         return padded.reshape(-1)
 
     def decode(self, tokens: np.ndarray, puzzle: np.ndarray) -> list[str]:
-        """The maze as given (its wall ring included), with the predicted path's open cells marked 'o' (`project`)."""
+        """The maze as given (its wall ring included, open cells in the characters given), with the predicted
+        path's open cells marked 'o' (`project`)."""
         solved = inside(puzzle)
         h, w = solved.shape
         grid = np.asarray(tokens)[: self.seq_len].reshape(self.side, self.side)[:h, :w]
-        if solved.shape == puzzle.shape:
-            return tokens_to_chars(project(solved, grid))
         answer = np.array(puzzle, copy=True)
-        answer[1:-1, 1:-1] = project(solved, grid)
-        return tokens_to_chars(answer)
+        if solved.shape == puzzle.shape:
+            answer = project(solved, grid)
+        else:
+            answer[1:-1, 1:-1] = project(solved, grid)
+        rows = tokens_to_chars(answer)
+        given = getattr(puzzle, "given", None)
+        if given is None:
+            return rows
+        return [
+            "".join(g if g == "." and a == " " else a for g, a in zip(gr, ar, strict=True))
+            for gr, ar in zip(given, rows, strict=True)
+        ]
 
     def verify(self, puzzle: np.ndarray, answer: Any) -> bool:
-        """True iff `answer` (rows of '# SGo') marks a shortest S->G path with 'o'; malformed answers are False."""
+        """True iff `answer` (rows of '# SGo', '.' as ' ') marks a shortest S->G path with 'o'; malformed answers are
+        False."""
         h, w = puzzle.shape
         if not isinstance(answer, list) or len(answer) != h:
             return False
-        if not all(isinstance(row, str) and len(row) == w and set(row) <= set("# SGo") for row in answer):
+        if not all(isinstance(row, str) and len(row) == w and set(row) <= set("# .SGo") for row in answer):
             return False
         return is_shortest_path_answer(puzzle, chars_to_tokens(answer))
 

@@ -82,14 +82,15 @@ def test_non_square_sequence_lengths_are_rejected(seq_len: int) -> None:
         (["    #", *MAZE[1:]], "maze has no S", "grid"),
         ([*MAZE[:4], "#G  G"], "maze has 2 Gs", "grid"),
         (["S  S#", *MAZE[1:]], "maze has 2 Ss", "grid"),
-        ([*MAZE[:4], "#   G "], "grid[4] has 6 characters, expected 5", "grid[4]"),
-        (MAZE[:4], "grid[0] has 5 characters, expected 4", "grid[0]"),
+        ([*MAZE[:4], "#   G "], "grid[4] has 6 characters, expected 5 (as grid[0]; a maze is a rectangle)", "grid[4]"),
+        (["S  ", "  G", "    "], "grid[2] has 4 characters, expected 3", "grid[2]"),
+        (["", ""], "grid rows are empty", "grid[0]"),
         (
             ["S" + " " * 34] + [" " * 35] * 33 + [" " * 34 + "G"],
             "maze is 35x35, larger than this model's 30x30",
             "grid",
         ),
-        ([*MAZE[:2], "#  x#", *MAZE[3:]], "grid[2][3] is 'x', expected one of '#', ' ', 'S', 'G'", "grid[2][3]"),
+        ([*MAZE[:2], "#  x#", *MAZE[3:]], "grid[2][3] is 'x', expected one of '#', ' ', '.', 'S', 'G'", "grid[2][3]"),
         ([*MAZE[:2], "#  o#", *MAZE[3:]], "grid[2][3] is 'o', expected one of", "grid[2][3]"),
         ([*MAZE[:2], "# →##", *MAZE[3:]], "grid[2][2] is '→', expected", "grid[2][2]"),
         ([*MAZE[:2], "#\ud800  #", *MAZE[3:]], "grid[2][1] is '\\ud800', expected", "grid[2][1]"),
@@ -209,7 +210,7 @@ def bordered(rows: list[str]) -> list[str]:
 def test_a_maze_drawn_inside_a_wall_ring_is_solved_inside_it_and_answered_with_the_ring() -> None:
     codec = MazeCodec(25)  # a 5x5 model serves the 7x7 bordered maze: its inside is 5x5
     ringed = bordered(MAZE)
-    assert solved_side(ringed) == 5 and solved_side(MAZE) == 5 and solved_side(["ab"]) == 1
+    assert solved_side(ringed) == 5 and solved_side(MAZE) == 5 and solved_side(["ab"]) == 2  # the longer side
     puzzle = codec.parse(ringed)
     np.testing.assert_array_equal(codec.encode(puzzle), codec.encode(codec.parse(MAZE)))
     solution = mark_path(chars_to_tokens(MAZE))
@@ -225,3 +226,66 @@ def test_a_ring_with_a_door_is_part_of_the_maze() -> None:
     door[0] = "#S" + "#" * 5
     door[1] = "#" + " " + door[1][2:]  # the maze's own S becomes open, entered from the ring
     assert solved_side(door) == 7
+
+
+RECT = [
+    "S    #   ",
+    "#### # # ",
+    "       #G",
+]
+RING_DOTS = [
+    "#######",
+    "#S....#",
+    "#.###.#",
+    "#....G#",
+    "#######",
+]
+
+
+def test_rectangles_parse_pad_into_the_canvas_and_round_trip() -> None:
+    codec = MazeCodec(100)
+    puzzle = codec.parse(RECT)
+    assert puzzle.shape == (3, 9)
+    grid = codec.encode(puzzle).reshape(10, 10)
+    assert (grid[:3, :9] == chars_to_tokens(RECT)).all() and (grid[3:] == WALL).all() and (grid[:, 9:] == WALL).all()
+    assert codec.decode(codec.encode(puzzle), puzzle) == RECT
+    label = codec.encode(mark_path(puzzle))
+    answer = codec.decode(label, puzzle)
+    assert codec.verify(puzzle, answer) and sum(row.count("o") for row in answer) == len(shortest_path(puzzle)) - 2
+    assert codec.parse(["".join(col) for col in zip(*RECT, strict=True)]).shape == (9, 3)  # tall as well as wide
+
+
+def test_dots_are_open_cells_and_the_answer_keeps_them_and_the_ring() -> None:
+    codec = MazeCodec(25)  # 5x5 canvas: the 7x5 bordered maze is solved inside its ring, 5x3
+    puzzle = codec.parse(RING_DOTS)
+    assert (puzzle == chars_to_tokens([row.replace(".", " ") for row in RING_DOTS])).all()
+    answer = codec.decode(codec.encode(mark_path(puzzle)), puzzle)
+    assert codec.verify(puzzle, answer)
+    assert answer[0] == answer[-1] == "#######" and all(r[0] == r[-1] == "#" for r in answer)
+    for row, got in zip(RING_DOTS, answer, strict=True):
+        for g, a in zip(row, got, strict=True):
+            assert a == g or (g == "." and a == "o")  # only open cells change, and only to 'o'
+    assert "." in "".join(answer)  # open cells off the path stay as the user wrote them
+
+
+def test_a_margin_keeps_a_wall_row_and_column_past_every_maze() -> None:
+    codec = MazeCodec(36, margin=1)
+    assert codec.fits == 5
+    grid = codec.encode(codec.parse(MAZE)).reshape(6, 6)
+    assert (grid[5] == WALL).all() and (grid[:, 5] == WALL).all()
+    with pytest.raises(PuzzleError, match="larger than this model's 5x5"):
+        codec.parse(["S" + " " * 5] + [" " * 6] * 4 + [" " * 5 + "G"])
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None)
+def test_decode_never_alters_a_wall_s_g_or_a_dot_whatever_the_model_predicts(data: st.DataObject) -> None:
+    codec = MazeCodec(100, margin=1)
+    puzzle = codec.parse(RING_DOTS)
+    predicted = np.array(data.draw(st.lists(st.integers(0, 9), min_size=100, max_size=100)), dtype=np.int64)
+    answer = codec.decode(predicted, puzzle)
+    assert len(answer) == len(RING_DOTS)
+    for row, got in zip(RING_DOTS, answer, strict=True):
+        assert len(got) == len(row)
+        for g, a in zip(row, got, strict=True):
+            assert a == g or (g in " ." and a == "o")

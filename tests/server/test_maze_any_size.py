@@ -1,0 +1,110 @@
+"""A size-agnostic (`conv`) maze model serves mazes of any size up to `max_maze_side`, square or not, each on the
+smallest canvas pool that takes it; bigger mazes get a 422 that names the limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.checkpoint import save_checkpoint
+from model.config import VOCAB, TRMConfig
+from model.factory import build_model
+from server.app import create_app
+from server.registry import canvas_sides
+from server.settings import Settings
+from tests.server.conftest import record_trained_sides, write_checkpoint
+from training.data.mazes_people import generate
+
+LIMIT = 50
+
+
+def write_conv_checkpoint(directory: Path) -> None:
+    torch.manual_seed(0)
+    config = TRMConfig(
+        family="maze",
+        vocab_size=VOCAB["maze"],
+        seq_len=256,
+        puzzle_emb_len=1,
+        hidden_size=16,
+        num_heads=2,
+        expansion=2.0,
+        h_cycles=1,
+        l_cycles=1,
+        mixer="conv",
+        pos_encodings="none",
+        halt_max_steps=2,
+    )
+    save_checkpoint(build_model(config).eval(), config, directory)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    weights = tmp_path_factory.mktemp("weights")
+    write_conv_checkpoint(weights / "maze-any")
+    write_checkpoint(weights / "maze-6", "maze", 36)
+    record_trained_sides(weights / "maze-6", 6, None)
+    settings = Settings(
+        weights_dir=weights, threads=1, slots=8, max_maze_side=LIMIT, canvas_tokens=4096, default_budget_steps=0
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def people_maze(h: int, w: int, seed: int, ring: bool = True) -> list[str]:
+    questions, _, _ = generate(1, h, w, generator="prim", ring=ring, seed=seed)
+    return ["".join("\0# SGo"[t] for t in row) for row in questions[0]]
+
+
+def test_canvas_pools_step_up_by_about_half_to_the_first_that_takes_the_limit() -> None:
+    assert canvas_sides(16, 128) == [16, 24, 40, 64, 96, 136]
+    assert canvas_sides(16, 50) == [16, 24, 40, 56]
+    assert canvas_sides(16, 15) == [16]
+
+
+def test_models_list_the_canvases_and_the_longest_side(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["maze-any"]["canvases"] == [16, 24, 40, 56] and models["maze-any"]["max_side"] == LIMIT
+    assert models["maze-6"]["canvases"] == [] and models["maze-6"]["max_side"] == 6
+
+
+@pytest.mark.parametrize(("h", "w", "ring"), [(45, 45, True), (21, 41, True), (41, 21, False), (9, 9, True)])
+def test_mazes_of_any_size_and_shape_are_answered_without_touching_walls_s_or_g(
+    client: TestClient, h: int, w: int, ring: bool
+) -> None:
+    grid = people_maze(h, w, seed=h * w, ring=ring)
+    response = client.post("/solve", json={"puzzle": "maze", "grid": grid, "model": "maze-any", "max_steps": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    answer = body["solution"]
+    assert body["model"] == "maze-any" and len(answer) == h and all(len(row) == w for row in answer)
+    for given, got in zip(grid, answer, strict=True):
+        assert all(a == g or (g == " " and a == "o") for g, a in zip(given, got, strict=True))
+
+
+def test_a_maze_larger_than_every_fixed_model_goes_to_the_size_agnostic_one(client: TestClient) -> None:
+    response = client.post("/solve", json={"puzzle": "maze", "grid": people_maze(31, 31, 3), "max_steps": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "maze-any"
+    small = client.post("/solve", json={"puzzle": "maze", "grid": ["S  ", "   ", "  G"], "max_steps": 1})
+    assert small.json()["model"] == "maze-6"  # a fixed model that fits is still the default where it does
+
+
+@pytest.mark.parametrize("model", [None, "maze-any"])
+def test_a_maze_over_the_limit_gets_a_422_naming_it(client: TestClient, model: str | None) -> None:
+    side = LIMIT + 1
+    rows = ["S" + " " * (side - 1), *([" " * side] * (side - 2)), " " * (side - 1) + "G"]
+    response = client.post("/solve", json={"puzzle": "maze", "grid": rows, "model": model})
+    assert response.status_code == 422
+    message = response.json()["message"]
+    assert f"limit of {LIMIT} a side" in message and "max_maze_side" in message
+
+
+def test_each_canvas_has_its_own_queue_gauge(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    for side in (16, 24, 40, 56):
+        pool = "maze-any" if side == 16 else f"maze-any@{side}x{side}"
+        assert f'model="{pool}"' in text
