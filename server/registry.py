@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from inference.canvas import MARGIN, canvas_sides
 from inference.halting import Calibration, HaltingPolicy, HaltMode, Operator
 from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, read_card_metrics
 from model.config import TRMConfig
@@ -131,20 +132,6 @@ def size_agnostic(config: TRMConfig) -> bool:
     return config.family == "maze" and config.mixer == "conv"
 
 
-def canvas_sides(trained: int, limit: int) -> list[int]:
-    """Canvas sides of a size-agnostic model's pools: its trained canvas, then steps of about 1.5x (multiples of
-    8) up to the first that takes a `limit`-side maze and its one-cell wall margin.
-
-    Each maze runs on the smallest canvas that takes it, so at most about 2.25x of a step's cells are padding,
-    and the few pools keep the number of batch shapes (and of warm-ups, and of compiled graphs) small.
-    """
-    last = -(-(limit + 1) // 8) * 8
-    sides = [trained]
-    while sides[-1] - 1 < limit:
-        sides.append(min(max(-(-sides[-1] * 3 // 2 // 8) * 8, sides[-1] + 8), last))
-    return sides
-
-
 class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -191,7 +178,7 @@ class Registry:
         def make(canvas: int | None) -> ModelEntry:
             side = canvas or config.grid_side
             pooled = size_agnostic(config)
-            codec = MazeCodec(side * side, margin=1) if pooled else get_codec(config.family, config.seq_len)
+            codec = MazeCodec(side * side, margin=MARGIN) if pooled else get_codec(config.family, config.seq_len)
             entry = ModelEntry(
                 name=path.name,
                 checkpoint=ckpt,

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.canvas import DEFAULT_MAX_MAZE_SIDE
 from inference.escalation import DEFAULT_BUDGET_STEPS
 
 
@@ -45,7 +46,7 @@ class Settings(BaseSettings):
     scheduler_policy: Literal["continuous", "static", "sequential"] = "continuous"
     """continuous: refill slots every step; static: a batch runs to the end before the next starts;
     sequential: one puzzle at a time. The last two exist to measure the first against them."""
-    max_maze_side: int = Field(128, ge=2, le=1024)
+    max_maze_side: int = Field(DEFAULT_MAX_MAZE_SIDE, ge=2, le=1024)
     """Longest maze side (inside its wall ring) a size-agnostic maze model takes; a larger maze gets a 422."""
     canvas_tokens: int = Field(32768, ge=256)
     """A size-agnostic model's slots per canvas pool: this many grid cells in all, so a pool of 136x136 canvases

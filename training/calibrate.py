@@ -255,7 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data,
         "dtype": dtype_name(dtype),
         **calibrate(
-            ckpt.model, data, args.tolerance, args.limit, args.views, dtype, args.max_steps, puzzle_rules(ckpt.config)
+            ckpt.model,
+            data,
+            args.tolerance,
+            args.limit,
+            args.views,
+            dtype,
+            args.max_steps,
+            puzzle_rules(ckpt.config, data),
         ),
     }
     for row in result["sweep"]:

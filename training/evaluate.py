@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": dtype,
         "limit": args.limit,
         "policy": policy,
-        "rules": puzzle_rules(ckpt.config),
+        "rules": puzzle_rules(ckpt.config, data),
     }
     escalation = None
     if args.budget and policy.checks_answers and common["rules"] is not None:

@@ -334,10 +334,11 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def puzzle_rules(config: TRMConfig) -> Rules | None:
-    """The checkpoint's codec, which settles and checks answers as the server's does (None where none fits)."""
+def puzzle_rules(config: TRMConfig, data: PuzzleSet | None = None) -> Rules | None:
+    """The codec that settles and checks answers as the server's does (None where none fits): the checkpoint's, or
+    for a size-agnostic model the one of the canvas `data` is laid out on."""
     try:
-        return get_codec(config.family, config.seq_len)
+        return get_codec(config.family, config.seq_len if data is None else int(data.inputs.shape[1]))
     except ValueError:
         return None
 

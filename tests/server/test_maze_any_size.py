@@ -10,11 +10,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from inference.canvas import canvas_for, canvas_sides
 from model.checkpoint import save_checkpoint
 from model.config import VOCAB, TRMConfig
 from model.factory import build_model
 from server.app import create_app
-from server.registry import canvas_sides
 from server.settings import Settings
 from tests.server.conftest import record_trained_sides, write_checkpoint
 from training.data.mazes_people import generate
@@ -63,6 +63,9 @@ def test_canvas_pools_step_up_by_about_half_to_the_first_that_takes_the_limit() 
     assert canvas_sides(16, 128) == [16, 24, 40, 64, 96, 136]
     assert canvas_sides(16, 50) == [16, 24, 40, 56]
     assert canvas_sides(16, 15) == [16]
+    assert [canvas_for(side, 16) for side in (15, 16, 23, 39, 45, 128)] == [16, 24, 24, 40, 64, 136]
+    with pytest.raises(ValueError, match="limit of 128"):
+        canvas_for(129, 16)
 
 
 def test_models_list_the_canvases_and_the_longest_side(client: TestClient) -> None:

@@ -330,6 +330,28 @@ def test_generated_hard_sudoku_spec_keeps_its_givens_and_rating_floor(
     assert (np.asarray(data.extras["rating"]) >= 4).all()
 
 
+@pytest.mark.parametrize(("ring", "canvas"), [(1, 24), (0, 24)])
+def test_people_maze_spec_lays_mazes_out_on_the_canvas_the_server_picks(ring: int, canvas: int) -> None:
+    config = tiny_config(family="maze", vocab_size=6, seq_len=256, mixer="conv", pos_encodings="none")
+    data = load_eval_data(f"generate:maze-people:6:21:21:3:{ring}", config)
+    n = len(data)
+    inputs = np.asarray(data.inputs).reshape(n, canvas, canvas)
+    labels = np.asarray(data.labels).reshape(n, canvas, canvas)
+    assert n == 6 and (data.extras["height"] == 21).all()
+    assert (inputs[:, 21:] == 1).all() and (inputs[:, :, 21:] == 1).all()  # walls below and right: the margin
+    assert (labels[:, 21:] == 0).all() and (labels[:, :, 21:] == 0).all()  # padding is never scored
+    assert ((labels == 5).sum(axis=(1, 2)) > 0).all()  # every maze has its path marked
+    rules = puzzle_rules(config, data)
+    assert rules is not None and rules.check_tokens(data.inputs, data.labels).all()  # the labels pass the check
+
+
+def test_people_mazes_that_do_not_fit_a_fixed_model_say_so() -> None:
+    config = tiny_config(family="maze", vocab_size=6, seq_len=81)
+    with pytest.raises(ValueError, match="do not fit this model's 9x9"):
+        load_eval_data("generate:maze-people:2:13:13:3:0", config)
+    assert len(load_eval_data("generate:maze-people:2:11:11:3:1", config)) == 2  # 9x9 inside the ring fits
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -339,6 +361,8 @@ def test_generated_hard_sudoku_spec_keeps_its_givens_and_rating_floor(
         "generate:maze:x:9:6",
         "generate:sudoku-hard:10:17:25",
         "generate:sudoku-hard:10:17:25:3:1:2",
+        "generate:maze-people:3:21",
+        "generate:maze-people:3:21:21:1:2",
     ],
 )
 def test_malformed_generate_specs_say_what_is_expected(spec: str) -> None:

@@ -333,6 +333,29 @@ def draw_styles(
     return styles
 
 
+def held_out(n: int, height: int, width: int, ring: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` mazes of one size for measuring extrapolation: every generator in turn, the loops, rooms and doors of
+    `draw_styles`, and unique shortest paths; (questions, labels) uint8 [n, height, width]."""
+    rng = np.random.default_rng([seed, height, width, int(ring)])
+    questions = np.zeros((n, height, width), np.uint8)
+    labels = np.zeros((n, height, width), np.uint8)
+    cells = ((height + 1) // 2) * ((width + 1) // 2)
+    for i in range(n):
+        q, a, _ = generate(
+            1,
+            height,
+            width,
+            generator=GENERATORS[i % len(GENERATORS)],
+            ring=ring,
+            loops=0.0 if rng.random() < 0.4 else float(rng.uniform(0.0, 0.2)),
+            rooms=0 if rng.random() < 0.7 else int(rng.integers(1, 2 + cells // 24)),
+            doors=ring and bool(rng.random() < 0.3),
+            seed=int(rng.integers(2**31)),
+        )
+        questions[i], labels[i] = q[0], a[0]
+    return questions, labels
+
+
 def place(grids: list[np.ndarray], canvas: int, fill: int) -> np.ndarray:
     """Lay [h, w] grids into the top-left of canvas x canvas ones filled with `fill` (walls for questions, 0 for
     labels so the padding is not scored)."""

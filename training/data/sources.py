@@ -154,16 +154,75 @@ def pad_mazes(data: PuzzleSet, side: int, model_side: int) -> PuzzleSet:
     return PuzzleSet(inputs.reshape(n, -1), labels.reshape(n, -1), data.puzzle_ids, data.groups, dict(data.extras))
 
 
+def serve_layout(questions: np.ndarray, labels: np.ndarray, config: TRMConfig) -> PuzzleSet:
+    """Mazes [n, h, w] and their labels as the server runs them on this model: the ring stripped, laid into the
+    model's grid, or for a size-agnostic model into the canvas `inference.canvas` picks, with a wall margin; the
+    padding is unscored (label 0). All mazes must land on one canvas (a set of one size does, ring or not, unless
+    the ring takes it under a canvas boundary)."""
+    from inference.canvas import MARGIN, canvas_for
+    from model.puzzles.maze import MazeCodec, inside
+
+    solved = [inside(q).shape for q in questions]
+    if config.mixer == "conv":
+        sides = {canvas_for(max(h, w), config.grid_side) for h, w in solved}
+        if len(sides) != 1:
+            raise ValueError(f"these mazes run on canvases {sorted(sides)} in the server; evaluate them apart")
+        side = sides.pop()
+        codec = MazeCodec(side * side, margin=MARGIN)
+    else:
+        codec = MazeCodec(config.seq_len)
+        side = codec.side
+    longest = max((max(shape) for shape in solved), default=0)
+    if longest > codec.fits:
+        raise ValueError(f"mazes of side {longest} do not fit this model's {codec.fits}x{codec.fits} grid")
+    n = len(questions)
+    inputs = np.stack([codec.encode(q) for q in questions])
+    marked = np.stack([codec.encode(a) for a in labels])
+    scored = np.zeros((n, side, side), dtype=bool)
+    for i, (h, w) in enumerate(solved):
+        scored[i, :h, :w] = True
+    return PuzzleSet(
+        inputs,
+        np.where(scored.reshape(n, -1), marked, 0).astype(np.uint8),
+        np.zeros(n, dtype=np.int32),
+        np.arange(n, dtype=np.int32),
+        {
+            "height": np.array([q.shape[0] for q in questions], np.int32),
+            "width": np.array([q.shape[1] for q in questions], np.int32),
+        },
+    )
+
+
+def _people_mazes(spec: str, fields: list[str], config: TRMConfig) -> PuzzleSet:
+    from training.data import mazes_people
+
+    try:
+        nums = [int(x) for x in fields]
+    except ValueError:
+        raise ValueError(f"evaluation data {spec!r}: the generate: fields must be numbers") from None
+    if not 3 <= len(nums) <= 5 or (len(nums) == 5 and nums[4] not in (0, 1)):
+        raise ValueError(f"evaluation data {spec!r}: expected generate:maze-people:N:H:W[:SEED[:RING]], RING 0 or 1")
+    n, h, w = nums[:3]
+    seed = nums[3] if len(nums) > 3 else 12345
+    ring = bool(nums[4]) if len(nums) > 4 else True
+    questions, labels = mazes_people.held_out(n, h, w, ring, seed)
+    return serve_layout(questions, labels, config)
+
+
 def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     """Held-out puzzles for `training.evaluate`.
 
     `spec` is a built dataset directory (its test split), a CSV file in the public Sudoku-Extreme / Maze-Hard
     format, or `generate:sudoku:N:GMIN:GMAX[:SEED]`, `generate:sudoku-hard:N:GMIN:GMAX:FLOOR[:SEED]` (FLOOR: the
-    least rating, `training.data.sudoku_hard`) or `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
-    share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G).
+    least rating, `training.data.sudoku_hard`), `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
+    share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G) or
+    `generate:maze-people:N:H:W[:SEED[:RING]]` (`mazes_people.held_out`; RING 1, the default, draws the wall ring,
+    0 leaves it out), laid out as the server lays them out.
     """
     if spec.startswith("generate:"):
         _, kind, *fields = spec.split(":")
+        if kind == "maze-people":
+            return _people_mazes(spec, fields, config)
         ints = 5 if kind == "sudoku-hard" else 4
         try:
             nums = [int(x) for x in fields[:ints]]

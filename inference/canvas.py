@@ -1,0 +1,36 @@
+"""Which canvas a size-agnostic maze model runs a maze on: one rule for the server's pools and for evaluation.
+
+A `conv` maze model has no size, but a batch needs one shape, so the server keeps a few canvas sizes and runs each
+maze on the smallest that takes it with a one-cell wall margin (the mixer wraps around a torus, and the margin
+keeps a maze's last row from touching its first). The model's pooled summary reads the whole canvas, so the canvas
+a maze lands on is part of the answer; `training.evaluate` lays mazes out through this module to score exactly
+what the server answers.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MAX_MAZE_SIDE = 128
+"""The longest maze side (inside its wall ring) served by default; the server's `max_maze_side` setting."""
+MARGIN = 1
+"""Wall rows and columns kept below and right of every maze on a canvas."""
+
+
+def canvas_sides(trained: int, limit: int = DEFAULT_MAX_MAZE_SIDE) -> list[int]:
+    """Canvas sides of a size-agnostic model's pools: its trained canvas, then steps of about 1.5x (multiples of
+    8) up to the first that takes a `limit`-side maze and its margin.
+
+    Each maze runs on the smallest canvas that takes it, so at most about 2.25x of a step's cells are padding, and
+    the few pools keep the number of batch shapes (and of warm-ups, and of compiled graphs) small.
+    """
+    last = -(-(limit + MARGIN) // 8) * 8
+    sides = [trained]
+    while sides[-1] - MARGIN < limit:
+        sides.append(min(max(-(-sides[-1] * 3 // 2 // 8) * 8, sides[-1] + 8), last))
+    return sides
+
+
+def canvas_for(side: int, trained: int, limit: int = DEFAULT_MAX_MAZE_SIDE) -> int:
+    """The canvas side a maze whose longer side (inside its ring) is `side` runs on; ValueError past `limit`."""
+    if side > limit:
+        raise ValueError(f"maze side {side} is over the limit of {limit}")
+    return next(c for c in canvas_sides(trained, limit) if c - MARGIN >= side)
