@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from model.puzzles.maze import tokens_to_chars
 from server.limits import BodyLimitMiddleware
 from server.metrics import Metrics
 from server.registry import Registry
@@ -333,11 +334,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     samples = _load_samples(STATIC / "samples.json")
 
     @app.get("/puzzles/random", responses={code: {"model": ErrorBody} for code in (404, 422)})
-    async def random_puzzle(kind: str | None = None, max_side: int | None = None) -> dict[str, Any]:
-        """An example puzzle from server/static/samples.json (made by `python -m training.data.samples`)."""
+    async def random_puzzle(
+        kind: str | None = None, max_side: int | None = None, side: int | None = None, width: int | None = None
+    ) -> dict[str, Any]:
+        """An example puzzle from server/static/samples.json (made by `python -m training.data.samples`), or with
+        `side` (and `width`, else square) a fresh people-style maze of that size, ring included."""
         if kind not in SAMPLE_KINDS:
             got = "missing" if kind is None else f"{kind!r}"
             raise ApiError(422, "invalid_request", f"kind must be one of {', '.join(SAMPLE_KINDS)}; got {got}", "kind")
+        if side is not None or width is not None:
+            return await asyncio.to_thread(_fresh_maze, kind, side, width, settings.max_maze_side)
         pool = samples.get(kind, [])
         if max_side is not None and kind in ("maze", "arc"):
             pool = [p for p in pool if _sample_side(p) <= max_side]
@@ -362,6 +368,22 @@ def _unparsable(cause: BaseException) -> str:
     if isinstance(cause, ValueError) and "digits" in str(cause):
         return "body is not valid JSON: a number has too many digits"
     return f"body could not be parsed ({type(cause).__name__})"
+
+
+def _fresh_maze(kind: str, side: int | None, width: int | None, limit: int) -> dict[str, Any]:
+    """A maze drawn by one of `training.data.mazes_people`'s generators, inside a wall ring, at the asked size."""
+    if kind != "maze":
+        raise ApiError(422, "invalid_request", f"side and width make mazes; kind is {kind!r}", "side")
+    height, width = side or width or 0, width or side or 0
+    for name, value in (("side", height), ("width", width)):
+        if not 5 <= value <= limit + 2:
+            message = f"{name} is {value}: a generated maze has 5 to {limit + 2} cells a side, ring included"
+            raise ApiError(422, "invalid_request", message, name)
+    from training.data.mazes_people import GENERATORS, generate
+
+    generator = GENERATORS[secrets.randbelow(len(GENERATORS))]
+    questions, _, _ = generate(1, height, width, generator=generator, ring=True, seed=secrets.randbits(31))
+    return {"puzzle": "maze", "grid": tokens_to_chars(questions[0]), "generator": generator}
 
 
 def _sample_side(sample: Any) -> int:

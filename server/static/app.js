@@ -237,7 +237,8 @@ function fillModels() {
     select.append(el("option", { value: "", text: "auto: trained on this size, else smallest that fits" }));
     for (const m of models) {
       const params = m.trainable_parameters ? ` · ${(m.trainable_parameters / 1e6).toFixed(2)}M params` : "";
-      select.append(el("option", { value: m.name, text: `${m.name} (${m.grid_size}×${m.grid_size}${params})` }));
+      const size = (m.canvases || []).length ? `any size to ${m.max_side}` : `${m.grid_size}×${m.grid_size}`;
+      select.append(el("option", { value: m.name, text: `${m.name} (${size}${params})` }));
     }
     if (models.some((m) => m.name === previous)) select.value = previous;
   }
@@ -247,6 +248,10 @@ function fillModels() {
 function describeModel() {
   const m = selectedModel();
   const note = $("#model-note");
+  // A size-agnostic maze model takes any size up to its max_side: let Generate make mazes that big.
+  const anySize = modelsOfKind().filter((x) => (x.canvases || []).length && (!$("#model").value || x === m));
+  $("#maze-size-field").hidden = !anySize.length;
+  if (anySize.length) $("#maze-size").title = `up to ${Math.max(...anySize.map((x) => x.max_side))} a side`;
   if (!m) {
     note.textContent = `The server has no ${state.kind} model loaded; solving will return an error.`;
     $("#max-steps").placeholder = "model default";
@@ -256,7 +261,8 @@ function describeModel() {
   $("#max-steps").placeholder = steps ? `model default (${steps})` : "model default";
   const card = m.card || {};
   const acc = Object.entries(card).find(([k, v]) => /acc/i.test(k) && typeof v === "number");
-  const parts = [`${m.name}: ${m.arch || "trm"}, ${m.grid_size}×${m.grid_size}`, `${m.backend} on ${m.provider}`];
+  const size = (m.canvases || []).length ? `any size up to ${m.max_side}×${m.max_side}` : `${m.grid_size}×${m.grid_size}`;
+  const parts = [`${m.name}: ${m.arch || "trm"}, ${size}`, `${m.backend} on ${m.provider}`];
   const sides = m.trained_sides;
   if (sides && sides[0] !== sides[1]) parts.push(`trained on ${sides[0]}×${sides[0]} to ${sides[1]}×${sides[1]} mazes`);
   if (acc) parts.push(`${acc[0]} ${(acc[1] <= 1 ? acc[1] * 100 : acc[1]).toFixed(1)}%`);
@@ -280,7 +286,12 @@ function setKind(kind) {
 async function generate() {
   clearError();
   const params = new URLSearchParams({ kind: state.kind });
-  if (state.kind === "maze" || state.kind === "arc") {
+  const size = state.kind === "maze" && !$("#maze-size-field").hidden ? $("#maze-size").value.trim() : "";
+  if (size) {
+    const [h, w] = size.toLowerCase().split(/[x×*, ]+/);
+    params.set("side", h);
+    if (w) params.set("width", w);
+  } else if (state.kind === "maze" || state.kind === "arc") {
     const m = selectedModel();
     const sides = $("#model").value && m ? [m.grid_size] : modelsOfKind().map((x) => x.grid_size);
     if (sides.length) params.set("max_side", String(Math.max(...sides)));
@@ -555,6 +566,8 @@ function renderBoard() {
   }
   $("#arc-train").hidden = kind !== "arc";
   $("#arc-test").hidden = kind !== "arc";
+  board.style.aspectRatio = "";
+  board.classList.remove("big");
   if (kind === "sudoku") drawSudoku(board, grid, input, changed, isFinalView());
   else if (kind === "maze") drawMaze(board, grid, input, changed);
   else drawArc(board, input, grid, changed);
@@ -611,10 +624,16 @@ function drawSudoku(board, grid, input, changed, final) {
 
 const MAZE_CLASS = { "#": "wall", " ": "open", S: "start", G: "goal", o: "path" };
 
+// Mazes of any size and shape: one cell per character, the board as wide as the longest row and as tall as the
+// rows; past BIG_MAZE a side the gaps go and the board grows (and scrolls in its frame on a narrow screen).
+const BIG_MAZE = 40;
+
 function drawMaze(board, rows, input, changed) {
   rows = Array.isArray(rows) ? rows : [];
-  const n = Math.max(rows.length, ...rows.map((r) => r.length), 1);
+  const n = Math.max(...rows.map((r) => r.length), 1);
   board.style.setProperty("--n", n);
+  board.style.aspectRatio = `${n} / ${Math.max(rows.length, 1)}`;
+  board.classList.toggle("big", Math.max(n, rows.length) > BIG_MAZE);
   board.replaceChildren();
   if (!rows.length) {
     board.append(el("div", { class: "empty", text: "Paste a maze or press Generate." }));

@@ -106,6 +106,27 @@ def write_checkpoint(
     return directory
 
 
+def write_conv_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """An untrained size-agnostic maze checkpoint (`conv` mixer, 16x16 training canvas, hidden 16, one prefix slot)."""
+    torch.manual_seed(seed)
+    config = TRMConfig(
+        family="maze",
+        vocab_size=VOCAB["maze"],
+        seq_len=256,
+        puzzle_emb_len=1,
+        hidden_size=16,
+        num_heads=2,
+        expansion=2.0,
+        h_cycles=1,
+        l_cycles=1,
+        mixer="conv",
+        pos_encodings="none",
+        halt_max_steps=2,
+    )
+    save_checkpoint(build_model(config).eval(), config, directory)
+    return directory
+
+
 def record_trained_sides(directory: Path, side: int, min_side: int | None) -> None:
     """Write into a maze checkpoint's config.json what `training.run` records about its data (the keys the server
     reads): one side, or mixed sides from `min_side` up."""

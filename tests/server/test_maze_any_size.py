@@ -4,41 +4,17 @@ smallest canvas pool that takes it; bigger mazes get a 422 that names the limit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from inference.canvas import canvas_for, canvas_sides
-from model.checkpoint import save_checkpoint
-from model.config import VOCAB, TRMConfig
-from model.factory import build_model
 from server.app import create_app
 from server.settings import Settings
-from tests.server.conftest import record_trained_sides, write_checkpoint
+from tests.server.conftest import record_trained_sides, write_checkpoint, write_conv_checkpoint
 from training.data.mazes_people import generate
 
 LIMIT = 50
-
-
-def write_conv_checkpoint(directory: Path) -> None:
-    torch.manual_seed(0)
-    config = TRMConfig(
-        family="maze",
-        vocab_size=VOCAB["maze"],
-        seq_len=256,
-        puzzle_emb_len=1,
-        hidden_size=16,
-        num_heads=2,
-        expansion=2.0,
-        h_cycles=1,
-        l_cycles=1,
-        mixer="conv",
-        pos_encodings="none",
-        halt_max_steps=2,
-    )
-    save_checkpoint(build_model(config).eval(), config, directory)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +80,28 @@ def test_a_maze_over_the_limit_gets_a_422_naming_it(client: TestClient, model: s
     assert response.status_code == 422
     message = response.json()["message"]
     assert f"limit of {LIMIT} a side" in message and "max_maze_side" in message
+
+
+def test_random_mazes_come_at_any_asked_size_with_their_ring(client: TestClient) -> None:
+    square = client.get("/puzzles/random", params={"kind": "maze", "side": 45}).json()["grid"]
+    assert len(square) == 45 and all(len(row) == 45 for row in square)
+    assert set(square[0]) == set(square[-1]) == {"#"} and "S" in "".join(square) and "G" in "".join(square)
+    wide = client.get("/puzzles/random", params={"kind": "maze", "side": 21, "width": 41}).json()["grid"]
+    assert len(wide) == 21 and len(wide[0]) == 41
+    assert client.post("/solve", json={"puzzle": "maze", "grid": wide, "max_steps": 1}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"kind": "maze", "side": 4}, "side"),
+        ({"kind": "maze", "side": LIMIT + 3}, "side"),
+        ({"kind": "sudoku", "side": 9}, "side"),
+    ],
+)
+def test_random_maze_sizes_outside_the_limit_are_422(client: TestClient, params: dict[str, object], field: str) -> None:
+    response = client.get("/puzzles/random", params=params)
+    assert response.status_code == 422 and response.json()["field"] == field
 
 
 def test_each_canvas_has_its_own_queue_gauge(client: TestClient) -> None:

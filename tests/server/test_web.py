@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from model.puzzles import get_codec
-from tests.server.conftest import record_trained_sides, start_server, write_checkpoint
+from tests.server.conftest import record_trained_sides, start_server, write_checkpoint, write_conv_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -76,6 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     record_trained_sides(weights / "maze-tiny", 15, 9)
     card = {"halting": {"threshold": MAZE_THRESHOLDS[1]}, "halting_views8": {"threshold": MAZE_THRESHOLDS[8]}}
     (weights / "maze-tiny" / "metrics.json").write_text(json.dumps(card))
+    write_conv_checkpoint(weights / "maze-any-tiny")
     proc = start_server(
         weights, tmp_path_factory.mktemp("server"), "--default-budget-steps", "0", timeout=START_TIMEOUT_S
     )
@@ -237,6 +238,35 @@ def test_page_solves_a_maze_with_halting_off_and_a_step_limit(page: Any) -> None
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-maze.png"), full_page=True)
+
+
+def test_page_generates_and_streams_a_big_rectangular_maze_for_a_size_agnostic_model(page: Any) -> None:
+    page.click("#kind [data-kind='maze']")
+    page.wait_for_selector("#model option[value='maze-any-tiny']", state="attached")
+    page.select_option("#model", "maze-tiny")
+    assert page.locator("#maze-size-field").is_hidden()  # a fixed-size model: samples of its size only
+    page.select_option("#model", "maze-any-tiny")
+    assert "any size up to 128×128" in page.text_content("#model-note")
+    page.select_option("#halt", "never")
+    page.select_option("#views", "1")
+    page.fill("#max-steps", "2")
+    page.fill("#maze-size", "45x61")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#maze-text').value.split('\\n').length === 45")
+    maze = page.input_value("#maze-text").split("\n")
+    assert len(maze) == 45 and all(len(row) == 61 for row in maze)
+
+    request, steps, result = _solve(page)
+    assert request["grid"] == maze and request["model"] == "maze-any-tiny"
+    assert len(result["solution"]) == 45 and result["steps_used"] == 2
+    _check_rendering(page, steps, result, lambda rows: rows)
+    assert page.locator("#board.big").count() == 1  # drawn without gaps, wider than the small-maze board
+    box = page.locator("#board").bounding_box()
+    assert box is not None and abs(box["width"] / box["height"] - 61 / 45) < 0.05  # the maze's own proportions
+    page.fill("#maze-size", "")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-maze-big.png"), full_page=True)
 
 
 def test_page_votes_over_eight_orientations_and_shows_the_voted_answer(page: Any) -> None:
