@@ -62,7 +62,7 @@ class DrainingServer(uvicorn.Server):
             finished = service.scheduler.drain(self.drain_timeout)
             log.info("drain %s; shutting down", "complete" if finished else "timed out")
             if not finished:  # answer what is left (503) so connections close now, not after uvicorn's own timeout
-                service.scheduler.abort("shutdown")
+                service.scheduler.abort()
                 service.scheduler.drain(ABORT_WAIT_S)
             self.should_exit = True
 

@@ -25,7 +25,7 @@ from model.puzzles.maze import tokens_to_chars
 from server.limits import BodyLimitMiddleware
 from server.metrics import Metrics
 from server.registry import Registry
-from server.scheduler import Draining, Job, ModelScheduler, QueueFull, Scheduler, StepRecord
+from server.scheduler import Draining, Job, ModelScheduler, Outcome, QueueFull, Scheduler, StepRecord
 from server.schemas import BatchItem, BatchRequest, BatchResponse, ErrorBody, SolveRequest, SolveResponse
 from server.settings import Settings
 from server.solve import ApiError, Prepared, Solver, job_error, supersede
@@ -123,7 +123,7 @@ async def _wait(done: asyncio.Event, prep: Prepared, request: Request | None, se
     while not done.is_set():
         if time.monotonic() >= give_up:
             for job in prep.jobs:
-                service.scheduler.cancel(job, "deadline")
+                service.scheduler.cancel(job, Outcome.DEADLINE)
             service.record(prep, "stalled")
             raise ApiError(
                 504,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
-from server.scheduler import Job
+from server.scheduler import Job, Outcome
 
 # A step on CPU takes milliseconds to a second; a request up to the deadline (30 s default).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -90,8 +90,8 @@ class Metrics:
             self.halts.labels(model, job.halted_by.value).inc()
         if job.steps_used:
             self.steps_used.labels(model).observe(job.steps_used)
-        if job.error is not None and job.error != "deadline":
-            kind = job.error if job.error in ("cancelled", "shutdown") else "step_error"
+        if job.failed and job.outcome is not Outcome.DEADLINE:
+            kind = "step_error" if job.outcome is Outcome.FAILED else str(job.outcome)
             self.failures.labels(model, kind).inc()
 
     def gauges(self, model: str, queued: int, running: int) -> None:

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal, Protocol
 
 import numpy as np
@@ -54,6 +55,23 @@ class StepRecord:
     halt_probability: float
 
 
+class Outcome(StrEnum):
+    """How a job ended, as the halt reasons say why it stopped (`inference.halting.HaltReason`)."""
+
+    ANSWERED = "answered"
+    """Its halting policy stopped it: verified, the Q head, or max_steps."""
+    DEADLINE = "deadline"
+    """The request's deadline passed first; the last answer, if any, is kept for a partial response."""
+    CANCELLED = "cancelled"
+    """The client went away."""
+    SHUTDOWN = "shutdown"
+    """The server's drain timed out."""
+    SUPERSEDED = "superseded"
+    """Another view of the same puzzle was verified first: not a failure, its answer is that view's."""
+    FAILED = "failed"
+    """The model step raised or gave non-finite values (`Job.failure` says which)."""
+
+
 @dataclass
 class Job:
     """One puzzle's trip through the scheduler. Inputs are set by the caller; the rest is filled in."""
@@ -77,17 +95,23 @@ class Job:
     verified: bool | None = None
     """The rule check of `answer` (None: not checked, or the family has none)."""
     halted_by: HaltReason | None = None
-    error: str | None = None
-    """Set when the puzzle failed: "deadline", "cancelled", "shutdown", or a message about a failed or non-finite
-    step; "superseded" when another view of the same puzzle was verified first (not a failure)."""
+    outcome: Outcome | None = None
+    """How the job ended (None while it runs)."""
+    failure: str | None = None
+    """What went wrong, for `Outcome.FAILED` only: a failed or non-finite step."""
     steps: list[StepRecord] = field(default_factory=list)
     cancelled: bool = False
-    cancel_reason: str = "cancelled"
-    """The `error` a cancelled job finishes with: "cancelled" (client went away) or "shutdown" (drain timed out)."""
+    cancel_reason: Outcome = field(default_factory=lambda: Outcome.CANCELLED)
+    """The outcome a cancelled job finishes with: CANCELLED, SHUTDOWN, SUPERSEDED or DEADLINE."""
 
     @property
     def done(self) -> bool:
         return self.finished_at is not None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the job ended without an answer to give: anything but ANSWERED and SUPERSEDED."""
+        return self.outcome not in (None, Outcome.ANSWERED, Outcome.SUPERSEDED)
 
 
 class Observer(Protocol):
@@ -151,9 +175,12 @@ class ModelScheduler:
             self.queue.append(job)
         self.observer.gauges(self.name, len(self.queue), self.running)
 
-    def _finish(self, slot: int | None, job: Job, reason: HaltReason | None, error: str | None = None) -> None:
+    def _finish(
+        self, slot: int | None, job: Job, reason: HaltReason | None, outcome: Outcome, failure: str | None = None
+    ) -> None:
         job.halted_by = reason
-        job.error = error
+        job.outcome = outcome
+        job.failure = failure
         job.finished_at = time.monotonic()
         if slot is not None:
             self.slots[slot] = None
@@ -174,7 +201,7 @@ class ModelScheduler:
                     self._finish(None, job, None, job.cancel_reason)
                     dropped.append(job)
                 elif now >= job.deadline:
-                    self._finish(None, job, HaltReason.DEADLINE, "deadline")
+                    self._finish(None, job, HaltReason.DEADLINE, Outcome.DEADLINE)
                     dropped.append(job)
                 else:
                     alive.append(job)
@@ -240,7 +267,7 @@ class ModelScheduler:
                 job = self.slots[slot]
                 if job is None:
                     continue
-                self._finish(slot, job, None, f"model step failed: {type(exc).__name__}: {exc}")
+                self._finish(slot, job, None, Outcome.FAILED, f"model step failed: {type(exc).__name__}: {exc}")
                 finished.append(job)
             return finished
         seconds = time.perf_counter() - start
@@ -254,7 +281,7 @@ class ModelScheduler:
             job.compute_s += seconds
             job.steps_used += 1
             if not result.finite[row] or not math.isfinite(float(result.q_halt[row])):
-                self._finish(slot, job, None, f"non-finite values (NaN/Inf) in step {job.steps_used}")
+                self._finish(slot, job, None, Outcome.FAILED, f"non-finite values (NaN/Inf) in step {job.steps_used}")
                 finished.append(job)
                 continue
             prob = 1.0 / (1.0 + math.exp(-float(np.clip(result.q_halt[row], -60, 60))))
@@ -273,7 +300,7 @@ class ModelScheduler:
             if reason is None and now >= job.deadline:
                 reason = HaltReason.DEADLINE
             if reason is not None:
-                self._finish(slot, job, reason, "deadline" if reason is HaltReason.DEADLINE else None)
+                self._finish(slot, job, reason, Outcome.DEADLINE if reason is HaltReason.DEADLINE else Outcome.ANSWERED)
                 finished.append(job)
         self.observer.gauges(self.name, len(self.queue), self.running)
         return finished
@@ -299,14 +326,14 @@ class Scheduler:
         with self._wake:
             self._wake.notify()
 
-    def cancel(self, job: Job, reason: str = "cancelled") -> None:
+    def cancel(self, job: Job, reason: Outcome = Outcome.CANCELLED) -> None:
         """Ask for a job to be dropped (client went away); its slot is freed at the next tick."""
         job.cancel_reason = reason
         job.cancelled = True
         with self._wake:
             self._wake.notify()
 
-    def abort(self, reason: str = "shutdown") -> None:
+    def abort(self, reason: Outcome = Outcome.SHUTDOWN) -> None:
         """Cancel every queued and running job (a drain that timed out), so their requests are answered now."""
         for model in self.models.values():
             with model.lock:

@@ -26,20 +26,17 @@ from model.puzzles.maze import solved_side
 from server.arc import ArcModel, ArcPlan, UnknownTask
 from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
-from server.scheduler import Job, StepRecord
+from server.scheduler import Job, Outcome, StepRecord
 from server.schemas import SolveRequest, SolveResponse, StepState, Timing
 from server.settings import Settings
 
-SUPERSEDED = "superseded"
-"""The `error` of a view stopped because another view of its puzzle was verified first: not a failure."""
 
-
-def supersede(prep: Prepared, job: Job, cancel: Callable[[Job, str], None]) -> None:
+def supersede(prep: Prepared, job: Job, cancel: Callable[[Job, Outcome], None]) -> None:
     """When one view of a puzzle is verified, stop the others: its answer is the one given (`choose`)."""
     if job.halted_by is HaltReason.VERIFIED and len(prep.jobs) > 1 and prep.arc is None:
         for other in prep.jobs:
             if other is not job and not other.done:
-                cancel(other, SUPERSEDED)
+                cancel(other, Outcome.SUPERSEDED)
 
 
 class ApiError(Exception):
@@ -165,7 +162,7 @@ class Solver:
         """The next round of views for a puzzle none of whose views was verified, within its budget
         (`inference.escalation`); none when one was, when a view failed, or when the budget is spent."""
         jobs, escalation, policy = prep.jobs, prep.escalation, prep.policy
-        if escalation is None or policy is None or any(j.verified or j.error is not None for j in jobs):
+        if escalation is None or policy is None or any(j.verified or j.failed for j in jobs):
             return []
         extra = escalation.next_views(len(jobs), sum(j.steps_used for j in jobs), policy.max_steps)
         new = [self._view(prep, tid, jobs[0].deadline) for tid in range(len(jobs), len(jobs) + extra)]
@@ -353,17 +350,17 @@ def changed_cells(previous: Any, current: Any) -> list[tuple[int, int]]:
 def job_error(prep: Prepared) -> ApiError | None:
     """The error to answer with if any of the request's jobs failed."""
     for job in prep.jobs:
-        if job.error is None or job.error == SUPERSEDED:
+        if not job.failed:
             continue
-        if job.error == "deadline":
+        if job.outcome is Outcome.DEADLINE:
             return ApiError(
                 504,
                 "deadline_exceeded",
                 f"puzzle not finished within the {math.ceil(job.deadline - prep.arrived)} s deadline",
             )
-        if job.error == "cancelled":
+        if job.outcome is Outcome.CANCELLED:
             return ApiError(499, "cancelled", "request cancelled")
-        if job.error == "shutdown":
+        if job.outcome is Outcome.SHUTDOWN:
             return ApiError(503, "draining", "server shut down before it finished", headers={"Retry-After": "5"})
-        return ApiError(500, "step_failed", f"the model failed on this puzzle: {job.error}")
+        return ApiError(500, "step_failed", f"the model failed on this puzzle: {job.failure}")
     return None

@@ -21,7 +21,7 @@ from inference.halting import HaltingPolicy, HaltMode, HaltReason, Rules
 from model.puzzles import get_codec
 from model.trm import Carry
 from server.engine import StepResult, TorchEngine
-from server.scheduler import Draining, Job, ModelScheduler, QueueFull, Scheduler
+from server.scheduler import Draining, Job, ModelScheduler, Outcome, QueueFull, Scheduler
 from tests.server.conftest import SOLVED, sudoku_puzzle, tiny_model
 
 CODEC = get_codec("sudoku", 81)
@@ -183,7 +183,7 @@ def test_a_failing_rule_check_does_not_fail_the_step() -> None:
     sched.submit(job)
     while sched.has_work:
         sched.tick()
-    assert job.error is None and job.halted_by is HaltReason.MAX_STEPS and job.verified is None
+    assert job.outcome is Outcome.ANSWERED and job.halted_by is HaltReason.MAX_STEPS and job.verified is None
 
 
 def test_steps_are_not_recorded_unless_asked() -> None:
@@ -209,7 +209,7 @@ def test_halt_never_runs_max_steps_and_matches_calling_the_model_directly() -> N
         sched.tick()
 
     assert adaptive.steps_used == 1 and adaptive.halted_by is HaltReason.Q_HEAD
-    assert never.steps_used == 7 and never.halted_by is HaltReason.MAX_STEPS and never.error is None
+    assert never.steps_used == 7 and never.halted_by is HaltReason.MAX_STEPS and never.outcome is Outcome.ANSWERED
     assert [r.step for r in never.steps] == list(range(1, 8))
 
     model = sched.engine.model
@@ -262,7 +262,7 @@ def test_full_queue_raises_and_accepts_again_after_ticks_drain_it() -> None:
 
     while sched.has_work:
         sched.tick()
-    assert all(j.done and j.error is None for j in jobs[:3])
+    assert all(j.done and j.outcome is Outcome.ANSWERED for j in jobs[:3])
     sched.submit(jobs[3])
     sched.submit(jobs[4])
     assert len(sched.queue) == 2
@@ -289,7 +289,7 @@ def test_queued_job_past_deadline_finishes_with_deadline_without_running() -> No
 
     finished = sched.tick()
     assert finished == [late] and done == [late]
-    assert late.halted_by is HaltReason.DEADLINE and late.error == "deadline"
+    assert late.halted_by is HaltReason.DEADLINE and late.outcome is Outcome.DEADLINE
     assert late.steps_used == 0 and late.started_at is None and late.answer is None
     assert steer.batches == [[ok.id]]  # the expired job never took a slot
 
@@ -304,9 +304,9 @@ def test_running_job_past_deadline_finishes_after_its_current_step() -> None:
     job.deadline = time.monotonic() - 0.001
 
     assert sched.tick() == [job]
-    assert job.halted_by is HaltReason.DEADLINE and job.error == "deadline"
+    assert job.halted_by is HaltReason.DEADLINE and job.outcome is Outcome.DEADLINE
     assert job.steps_used == 2 and job.answer is not None  # the partial answer is kept
-    assert sched.slots == [None, other] and other.error is None
+    assert sched.slots == [None, other] and other.outcome is None
 
 
 def test_cancelled_running_job_frees_its_slot_for_the_queue_in_the_same_tick() -> None:
@@ -322,7 +322,7 @@ def test_cancelled_running_job_frees_its_slot_for_the_queue_in_the_same_tick() -
     top.cancel(running)
     finished = top.tick()
     assert finished == [running]
-    assert running.error == "cancelled" and running.halted_by is None and running.steps_used == 1
+    assert running.outcome is Outcome.CANCELLED and running.halted_by is None and running.steps_used == 1
     assert sched.slots == [queued] and queued.steps_used == 1
     assert steer.batches == [[running.id], [queued.id]]
 
@@ -335,7 +335,7 @@ def test_cancelled_queued_job_is_dropped_before_it_takes_a_slot() -> None:
     sched.submit(dropped)
     dropped.cancelled = True
     finished = sched.tick()
-    assert finished == [dropped] and dropped.error == "cancelled" and dropped.started_at is None
+    assert finished == [dropped] and dropped.outcome is Outcome.CANCELLED and dropped.started_at is None
     while sched.has_work:
         sched.tick()
     assert {i for batch in steer.batches for i in batch} == {first.id}
@@ -383,15 +383,15 @@ def test_failing_step_fails_only_that_batch_and_next_tick_succeeds() -> None:
     finished = sched.tick()
     assert finished == [a, b] and done == [a, b]
     for job in (a, b):
-        assert job.error == "model step failed: RuntimeError: injected fault"
+        assert job.outcome is Outcome.FAILED and job.failure == "model step failed: RuntimeError: injected fault"
         assert job.halted_by is None and job.steps_used == 0
     assert sched.slots == [None, None] and list(sched.queue) == [c]
 
     sched.tick()
-    assert sched.slots[0] is c and c.steps_used == 1 and c.error is None
+    assert sched.slots[0] is c and c.steps_used == 1 and c.outcome is None
     while sched.has_work:
         sched.tick()
-    assert c.halted_by is HaltReason.MAX_STEPS and c.error is None and done == [a, b, c]
+    assert c.halted_by is HaltReason.MAX_STEPS and c.outcome is Outcome.ANSWERED and done == [a, b, c]
 
 
 def test_non_finite_row_fails_only_that_puzzle() -> None:
@@ -402,11 +402,11 @@ def test_non_finite_row_fails_only_that_puzzle() -> None:
         sched.submit(job)
     sched.tick()
     assert sched.tick() == [jobs[1]]
-    assert jobs[1].error == "non-finite values (NaN/Inf) in step 2" and jobs[1].halted_by is None
+    assert jobs[1].failure == "non-finite values (NaN/Inf) in step 2" and jobs[1].halted_by is None
     while sched.has_work:
         sched.tick()
     for job in (jobs[0], jobs[2]):
-        assert job.error is None and job.steps_used == 4 and job.halted_by is HaltReason.MAX_STEPS
+        assert job.outcome is Outcome.ANSWERED and job.steps_used == 4 and job.halted_by is HaltReason.MAX_STEPS
 
 
 def test_real_nan_in_one_slots_carry_stays_in_that_slot() -> None:
@@ -419,10 +419,10 @@ def test_real_nan_in_one_slots_carry_stays_in_that_slot() -> None:
     sched.engine.z[0] = math.nan  # slot 0 holds `sick`
 
     assert sched.tick() == [sick]
-    assert sick.error is not None and "non-finite" in sick.error
+    assert sick.outcome is Outcome.FAILED and "non-finite" in (sick.failure or "")
     while sched.has_work:
         sched.tick()
-    assert healthy.error is None and healthy.steps_used == 3
+    assert healthy.outcome is Outcome.ANSWERED and healthy.steps_used == 3
 
 
 def test_static_policy_starts_no_puzzle_until_the_whole_batch_finished() -> None:
@@ -484,8 +484,36 @@ def test_worker_thread_answers_submitted_jobs_and_drain_waits_for_them() -> None
             top.submit("m", job)
         assert top.drain(timeout=20)
         assert finished.wait(5)
-        assert all(j.error is None and j.steps_used == 3 for j in jobs)
+        assert all(j.outcome is Outcome.ANSWERED and j.steps_used == 3 for j in jobs)
         with pytest.raises(Draining):
             top.submit("m", make_job(sched.engine))
     finally:
         top.stop()
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kind"),
+    [
+        (Outcome.ANSWERED, None),
+        (Outcome.SUPERSEDED, None),  # another view was verified first: not a failure
+        (Outcome.DEADLINE, None),  # counted as a 504 by the request metrics, not as a failed step
+        (Outcome.CANCELLED, "cancelled"),
+        (Outcome.SHUTDOWN, "shutdown"),
+        (Outcome.FAILED, "step_error"),
+    ],
+)
+def test_metrics_count_only_real_failures_by_outcome(outcome: Outcome, kind: str | None) -> None:
+    from server.metrics import Metrics
+
+    metrics = Metrics()
+    job = Job(tokens=np.zeros(81, np.int64), vector=np.zeros(4, np.float32), policy=HaltingPolicy(0.5, 2))
+    job.outcome = outcome
+    metrics.finished("m", job)
+    counted = {
+        s.labels["kind"]: s.value
+        for m in metrics.registry.collect()
+        if m.name == "trm_puzzle_failures"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert counted == ({} if kind is None else {kind: 1.0})
