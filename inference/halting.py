@@ -18,7 +18,7 @@ that merges them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -93,9 +93,16 @@ class HaltingPolicy:
         return None
 
 
-def halting_key(views: int = 1) -> str:
-    """Where `python -m training.calibrate --views K` stores its result in metrics.json."""
-    return "halting" if views == 1 else f"halting_views{views}"
+def halting_key(views: int = 1, canvas: int | None = None) -> str:
+    """Where `python -m training.calibrate --views K` stores its result in metrics.json; a size-agnostic maze model
+    calibrated on mazes that run on another canvas than its own (`inference.canvas`) gets a key per canvas."""
+    key = "halting" if canvas is None else f"halting_canvas{canvas}"
+    return key if views == 1 else f"{key}_views{views}"
+
+
+def _canvas_key(key: str) -> bool:
+    digits = key[len("halting_canvas") :].split("_")[0]
+    return key.startswith("halting_canvas") and digits.isdigit()
 
 
 def _threshold(value: object) -> float | None:
@@ -119,32 +126,43 @@ class Calibration:
 
     by_views: dict[int, Calibrated]
     trained_horizon: int
+    by_canvas: dict[int, dict[int, Calibrated]] = field(default_factory=dict)
+    """A size-agnostic maze model's calibrations per canvas side (then per view count): bigger mazes need more
+    steps, so each canvas has its own horizon."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any], config: TRMConfig) -> Calibration:
-        records: dict[int, Calibrated] = {}
-        for views in range(1, 9):
-            record = card.get(halting_key(views))
-            threshold = _threshold(record.get("threshold")) if isinstance(record, dict) else None
-            if isinstance(record, dict) and threshold is not None:
-                records[views] = Calibrated(threshold, _horizon(record.get("max_steps")))
-        return cls(records, config.halt_max_steps)
+        def read(canvas: int | None) -> dict[int, Calibrated]:
+            records: dict[int, Calibrated] = {}
+            for views in range(1, 9):
+                record = card.get(halting_key(views, canvas))
+                threshold = _threshold(record.get("threshold")) if isinstance(record, dict) else None
+                if isinstance(record, dict) and threshold is not None:
+                    records[views] = Calibrated(threshold, _horizon(record.get("max_steps")))
+            return records
 
-    def record(self, views: int = 1) -> Calibrated | None:
+        canvases = {int(k[len("halting_canvas") :].split("_")[0]) for k in card if _canvas_key(k)}
+        by_canvas = {side: records for side in sorted(canvases) if (records := read(side))}
+        return cls(read(None), config.halt_max_steps, by_canvas)
+
+    def record(self, views: int = 1, canvas: int | None = None) -> Calibrated | None:
         """The calibration for answers voted over `views` symmetries: that many views' own, else one view's.
 
         A vote forgives a view that halted too early, so its threshold can be lower than a single view's (maze-9x9:
         0.6 against 0.8 for the same 8-view accuracy, a sixth fewer steps). A threshold and the horizon it was swept
-        over go together, so both come from the same record.
+        over go together, so both come from the same record. With `canvas`, the records of the largest calibrated
+        canvas not bigger than it come first: a maze never gets fewer steps than a smaller one was calibrated to.
         """
-        return self.by_views.get(views) or self.by_views.get(1)
+        sides = [side for side in self.by_canvas if canvas is not None and side <= canvas]
+        table = self.by_canvas[max(sides)] if sides else self.by_views
+        return table.get(views) or table.get(1)
 
-    def threshold(self, views: int = 1) -> float:
-        record = self.record(views)
+    def threshold(self, views: int = 1, canvas: int | None = None) -> float:
+        record = self.record(views, canvas)
         return record.threshold if record is not None else DEFAULT_HALT_THRESHOLD
 
-    def horizon(self, views: int = 1) -> int:
-        record = self.record(views)
+    def horizon(self, views: int = 1, canvas: int | None = None) -> int:
+        record = self.record(views, canvas)
         return record.max_steps if record is not None and record.max_steps else self.trained_horizon
 
     def calibrated_views(self) -> list[int]:
@@ -158,13 +176,14 @@ class Calibration:
         threshold: float | None = None,
         max_steps: int | None = None,
         operator: Operator | None = None,
+        canvas: int | None = None,
     ) -> HaltingPolicy:
         """The policy for one request: its own `threshold`/`max_steps` first, then the operator's, then this
-        calibration (for `views`), then the config."""
+        calibration (for `views`, and the canvas a size-agnostic model runs the puzzle on), then the config."""
         operator = operator or Operator()
         return HaltingPolicy(
-            threshold=threshold or operator.threshold or self.threshold(views),
-            max_steps=max_steps or operator.max_steps or self.horizon(views),
+            threshold=threshold or operator.threshold or self.threshold(views, canvas),
+            max_steps=max_steps or operator.max_steps or self.horizon(views, canvas),
             mode=mode,
         )
 

@@ -74,7 +74,8 @@ class ModelEntry:
         """How a request's puzzles halt (`inference.halting`): its `max_steps`, else the server's default, else the
         horizon calibrated for that many views (a model may keep improving past the horizon it trained with:
         maze-15x15 45.8% exact at 8 steps, 49.3% at 16), else `halt_max_steps`; the threshold likewise."""
-        return self.calibration.policy(views, mode, max_steps=max_steps, operator=self.operator)
+        canvas = self.codec.side if self.max_side else None  # type: ignore[attr-defined]
+        return self.calibration.policy(views, mode, max_steps=max_steps, operator=self.operator, canvas=canvas)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -59,7 +59,7 @@ def test_every_shipped_checkpoint_and_paper_configuration_is_compared(
         assert runs["fp32"]["agreement"] == 1.0, name
         assert len(runs["fp32"]["per_step"]) == 2
     assert 0.9 <= result["checkpoints"]["sudoku-9x9"]["bf16"]["agreement"] <= 1.0
-    assert set(result["paper"]) == {"sudoku-extreme-mlp", "sudoku-extreme-att", "maze-hard", "arc1"}
+    assert set(result["paper"]) == {"sudoku-extreme-mlp", "sudoku-extreme-att", "maze-hard", "arc1", "hrm-maze-hard"}
     assert all(run["finite"] and run["agreement"] == 1.0 for run in result["paper"].values())
     onnx = result["onnx"]["sudoku-9x9"]
     assert onnx["provider"] == "CPUExecutionProvider" and onnx["agreement"] >= 0.999

@@ -41,7 +41,7 @@ from inference.views import choose_all, invert_view, vote_views
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from model.trm import TRM
 from training.data.dataset import PuzzleSet
-from training.scoring import check_trace, puzzle_rules, run_steps, turned_set
+from training.scoring import check_trace, data_canvas, puzzle_rules, run_steps, turned_set
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         path = Path(args.weights) / "metrics.json"
         card = json.loads(path.read_text()) if path.is_file() else {}
-        card[halting_key(args.views)] = result
+        card[halting_key(args.views, data_canvas(ckpt.config, data))] = result
         path.write_text(json.dumps(card, indent=2) + "\n")
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

@@ -27,7 +27,15 @@ from model.device import resolve_device
 from model.precision import dtype_name, resolve_dtype
 from model.puzzles.dihedral import NUM_DIHEDRAL
 from training.evaluate_arc import add_arc_arguments, run_arc
-from training.scoring import evaluate_escalated, evaluate_model, evaluate_views, headline, puzzle_rules, record_metrics
+from training.scoring import (
+    data_canvas,
+    evaluate_escalated,
+    evaluate_model,
+    evaluate_views,
+    headline,
+    puzzle_rules,
+    record_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     model = ckpt.model.to(device)
     data = load_eval_data(args.data, ckpt.config)
     calibration = Calibration.from_card(read_card_metrics(args.weights), ckpt.config)
-    policy = calibration.policy(args.views, args.halt, threshold=args.halt_threshold, max_steps=args.max_steps)
+    canvas = data_canvas(ckpt.config, data)
+    policy = calibration.policy(
+        args.views, args.halt, threshold=args.halt_threshold, max_steps=args.max_steps, canvas=canvas
+    )
     common = {
         "batch_size": args.batch_size,
         "device": device,

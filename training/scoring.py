@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -332,6 +333,13 @@ def record_metrics(weights: Path, name: str, summary: dict[str, Any]) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[name] = {k: v for k, v in summary.items() if k != "weights"}
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def data_canvas(config: TRMConfig, data: PuzzleSet) -> int | None:
+    """The canvas a size-agnostic maze model runs `data` on when it is not the model's own (the key of its
+    per-canvas calibration, `inference.halting.Calibration`); None for every other model and for its own."""
+    side = math.isqrt(int(data.inputs.shape[1]))
+    return side if config.mixer == "conv" and config.family == "maze" and side != config.grid_side else None
 
 
 def puzzle_rules(config: TRMConfig, data: PuzzleSet | None = None) -> Rules | None:

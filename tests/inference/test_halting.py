@@ -85,3 +85,22 @@ def test_a_request_beats_the_operator_which_beats_the_card() -> None:
     assert calibration.policy(operator=operator) == HaltingPolicy(0.7, 20)
     assert calibration.policy(max_steps=3, operator=operator) == HaltingPolicy(0.7, 3)
     assert calibration.policy(threshold=0.95, max_steps=3, operator=operator) == HaltingPolicy(0.95, 3)
+
+
+def test_a_size_agnostic_model_takes_the_horizon_of_the_largest_calibrated_canvas_it_reaches() -> None:
+    card = {
+        **CARD,
+        "halting_canvas40": {"threshold": 0.8, "max_steps": 32},
+        "halting_canvas40_views8": {"threshold": 0.7, "max_steps": 24},
+        "halting_canvas96": {"threshold": 0.85, "max_steps": 96},
+        "halting_canvasx": {"threshold": 0.85, "max_steps": 96},  # not a canvas: ignored
+    }
+    calibration = Calibration.from_card(card, CONFIG)
+    assert sorted(calibration.by_canvas) == [40, 96]
+    assert calibration.policy(canvas=24) == HaltingPolicy(0.9, 12)  # under every calibrated canvas: the model's own
+    assert calibration.policy(canvas=40) == HaltingPolicy(0.8, 32)
+    assert calibration.policy(8, canvas=64) == HaltingPolicy(0.7, 24)  # 40's own 8-view record
+    assert calibration.policy(4, canvas=64) == HaltingPolicy(0.8, 32)  # else 40's single view
+    assert calibration.policy(canvas=136) == HaltingPolicy(0.85, 96)
+    assert calibration.policy() == HaltingPolicy(0.9, 12)  # fixed-size models and the own canvas: unchanged
+    assert calibration.policy(max_steps=5, canvas=96) == HaltingPolicy(0.85, 5)  # a request still wins

@@ -3,6 +3,7 @@ smallest canvas pool that takes it; bigger mazes get a 422 that names the limit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,8 @@ LIMIT = 50
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     weights = tmp_path_factory.mktemp("weights")
     write_conv_checkpoint(weights / "maze-any")
+    card = {"halting_canvas40": {"threshold": 0.9, "max_steps": 3}}  # calibrated on mazes run on 40x40 canvases
+    (weights / "maze-any" / "metrics.json").write_text(json.dumps(card))
     write_checkpoint(weights / "maze-6", "maze", 36)
     record_trained_sides(weights / "maze-6", 6, None)
     settings = Settings(
@@ -109,3 +112,10 @@ def test_each_canvas_has_its_own_queue_gauge(client: TestClient) -> None:
     for side in (16, 24, 40, 56):
         pool = "maze-any" if side == 16 else f"maze-any@{side}x{side}"
         assert f'model="{pool}"' in text
+
+
+@pytest.mark.parametrize(("side", "steps", "threshold"), [(9, 2, 0.5), (31, 3, 0.9), (45, 3, 0.9)])
+def test_each_canvas_halts_by_its_own_calibration(client: TestClient, side: int, steps: int, threshold: float) -> None:
+    grid = people_maze(side, side, seed=side)
+    body = client.post("/solve", json={"puzzle": "maze", "grid": grid, "model": "maze-any", "halt": "never"}).json()
+    assert body["steps_used"] == steps and body["halt_threshold"] == threshold  # 9: the trained horizon, 2
