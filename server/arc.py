@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from inference.arc import ARC_DEFAULTS
 from model.adapt import demonstration_batch, fit_puzzle_vectors, frozen_copy, known_variants
 from model.puzzles.arc import ArcTask, parse_task
 from model.puzzles.augment import IDENTITY, Variant, make_variants, task_hash
@@ -35,7 +36,6 @@ from model.trm import TRM
 log = logging.getLogger(__name__)
 
 TASKS_FILE = "test_puzzles.json"  # raw tasks of the checkpoint's dataset, as training.data.arc.build writes them
-VARIANT_SEED = 0  # fixed, so the same unseen task gets the same variants (and the same answer) every time
 
 Mode = Literal["known", "adapted"]
 
@@ -110,7 +110,7 @@ class ArcModel:
         if task_id is not None:
             rows = self.known[task_id][:max_variants]
             return ArcPlan("known", task_id, [v for _, v in rows], self.table[[r for r, _ in rows]].astype(np.float32))
-        variants = make_variants(task, adapt_variants, np.random.default_rng(VARIANT_SEED))
+        variants = make_variants(task, adapt_variants, np.random.default_rng(ARC_DEFAULTS.variant_seed))
         return ArcPlan("adapted", None, variants or [IDENTITY])
 
     # ---------------------------------------------------------------- adaptation

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.arc import ARC_DEFAULTS
 from inference.canvas import DEFAULT_MAX_MAZE_SIDE
 from inference.escalation import DEFAULT_BUDGET_STEPS
 
@@ -85,18 +86,18 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: how long queued and running puzzles may take before the process exits anyway."""
     log_level: str = "info"
-    arc_max_variants: int = Field(8, ge=1, le=1001)
+    arc_max_variants: int = Field(ARC_DEFAULTS.known_variants, ge=1, le=1001)
     """Known ARC tasks: trained variants (puzzle-table rows) run and voted per test input. The reference votes
     over up to 1001; 8 keeps a CPU answer within seconds, a GPU affords far more."""
-    arc_variants: int = Field(8, ge=1, le=1001)
+    arc_variants: int = Field(ARC_DEFAULTS.variants, ge=1, le=1001)
     """Unseen ARC tasks: augmented variants (identity included) fitted by test-time adaptation and voted."""
-    arc_adapt_steps: int = Field(100, ge=0, le=100_000)
+    arc_adapt_steps: int = Field(ARC_DEFAULTS.adapt_steps, ge=0, le=100_000)
     """Optimiser steps of test-time adaptation at most (0 answers with the average trained embedding)."""
-    arc_adapt_time_budget_s: float = Field(10.0, ge=0.0, le=120.0)
+    arc_adapt_time_budget_s: float = Field(ARC_DEFAULTS.adapt_time_budget_s, ge=0.0, le=120.0)
     """Wall-clock cap of one adaptation; it never takes more than half of what is left of the request deadline."""
-    arc_adapt_lr: float = Field(3e-2, gt=0.0, le=1.0)
+    arc_adapt_lr: float = Field(ARC_DEFAULTS.adapt_lr, gt=0.0, le=1.0)
     """Adam learning rate of the fitted puzzle vectors."""
-    arc_adapt_supervision_steps: int = Field(1, ge=1, le=16)
+    arc_adapt_supervision_steps: int = Field(ARC_DEFAULTS.adapt_supervision_steps, ge=1, le=16)
     """Supervision steps per adaptation step, carrying the carry forward; each one multiplies its cost."""
 
     @model_validator(mode="after")

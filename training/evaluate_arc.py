@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.arc import ARC_DEFAULTS
 from inference.halting import DEFAULT_HALT_THRESHOLD, HaltingPolicy, HaltMode
 from model.adapt import (
     demonstration_batch,
@@ -58,14 +59,14 @@ Mode = Literal["known", "adapt"]
 
 @dataclass
 class AdaptOptions:
-    """Test-time adaptation per task (`adapt` mode); defaults match the server's."""
+    """Test-time adaptation per task (`adapt` mode); the defaults are the server's (`inference.arc`)."""
 
-    variants: int = 8
-    steps: int = 100
-    time_budget_s: float = 30.0
-    lr: float = 3e-2
-    supervision_steps: int = 1
-    seed: int = 0
+    variants: int = ARC_DEFAULTS.variants
+    steps: int = ARC_DEFAULTS.adapt_steps
+    time_budget_s: float = ARC_DEFAULTS.adapt_time_budget_s
+    lr: float = ARC_DEFAULTS.adapt_lr
+    supervision_steps: int = ARC_DEFAULTS.adapt_supervision_steps
+    seed: int = ARC_DEFAULTS.variant_seed
 
 
 @dataclass
@@ -267,7 +268,10 @@ def add_arc_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--submission", type=Path, help="write the ARC submission JSON here")
     group.add_argument("--arc-subset", help="subset of an ARC source to score (default: evaluation)")
     group.add_argument(
-        "--arc-variants", type=int, help="variants per task: known mode at most this many (default all), adapt 8"
+        "--arc-variants",
+        type=int,
+        help=f"variants per task, as the server's defaults: known mode at most {ARC_DEFAULTS.known_variants} "
+        f"trained rows, adapt {ARC_DEFAULTS.variants} augmentations",
     )
     group.add_argument("--adapt-steps", type=int, default=AdaptOptions.steps)
     group.add_argument("--adapt-time-budget", type=float, default=AdaptOptions.time_budget_s, help="seconds per task")
@@ -302,7 +306,7 @@ def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dt
         tasks,
         args.arc_mode,
         identifiers,
-        max_variants=args.arc_variants or 0,
+        max_variants=args.arc_variants or ARC_DEFAULTS.known_variants,
         adapt=adapt,
         halt=args.halt,
         batch_size=args.batch_size,
