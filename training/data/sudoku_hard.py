@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 SIDE = 9
 N = SIDE * SIDE
 SPACING = 6
-"""Moves between two puzzles taken from one walk (`per_walk` > 1): each moves two givens or more, so takes differ."""
+"""Accepted moves between two puzzles taken from one walk (`per_walk` > 1), out of at most three times as many
+tried: each moves two givens or more, so takes differ; a walk that cannot move ends its takes."""
 
 
 @njit(cache=True)
@@ -131,17 +132,24 @@ def _hard_chunk(  # type: ignore[no-untyped-def]
                 puzzle, givens, rating = trial, g, r
         if givens < lo or givens > hi or rating < min_rating:
             continue
-        reached = givens
+        reached, accepted = givens, 0
         for take in range(per_walk):
             if made == len(puzzles):
                 break
-            for _ in range(SPACING if take else 0):  # walk on among qualifying puzzles, at most one given above
+            moved = take == 0
+            for _ in range(3 * SPACING if take else 0):  # walk on among qualifying puzzles, at most one given above
                 trial = puzzle.copy()
                 g = _move(trial, solution, units, cell_units, popcnt, lowbit, scratch, blank)
                 if lo <= g <= min(reached + 1, hi):
                     r = _rate(trial, units, cell_units, popcnt, lowbit, scratch, blank)
-                    if r >= min_rating:
-                        puzzle, givens, rating = trial, g, r
+                    if r >= min_rating and (trial != puzzle).any():
+                        puzzle, givens, rating, moved = trial, g, r, True
+                        accepted += 1
+                        if accepted >= SPACING:
+                            break
+            if not moved:  # stuck: a repeat would only be dropped as a duplicate
+                break
+            accepted = 0
             puzzles[made] = puzzle
             solutions[made] = solution
             ratings[made] = rating
@@ -231,13 +239,25 @@ def build(
     n_easy = round(n_train * easy_share)
     n_hard = n_train - n_easy
     test = generate(n_test, givens, min_rating, seed + 1, workers=workers)
-    hard = generate(n_hard + n_hard // 3 + 8 if n_hard else 0, givens, min_rating, seed, per_walk=4, workers=workers)
     seen = {p.tobytes() for p in test.puzzles}
-    distinct: list[int] = sudoku._unique_rows(hard.puzzles).tolist() if n_hard else []
-    keep = [i for i in distinct if hard.puzzles[i].tobytes() not in seen][:n_hard]
+    parts: list[SudokuPuzzles] = []
+    keep: list[int] = []
+    for round_ in range(8):  # a few repeats are dropped; top up with fresh walks until there are enough
+        if len(keep) >= n_hard:
+            break
+        more = n_hard - len(keep)
+        parts.append(
+            generate(more + more // 20 + 8, givens, min_rating, seed + 7919 * round_, per_walk=4, workers=workers)
+        )
+        hard = SudokuPuzzles(
+            np.concatenate([p.puzzles for p in parts]),
+            np.concatenate([p.solutions for p in parts]),
+            np.concatenate([p.ratings for p in parts]),
+        )
+        keep = [i for i in sudoku._unique_rows(hard.puzzles).tolist() if hard.puzzles[i].tobytes() not in seen]
     if len(keep) < n_hard:
         raise RuntimeError(f"only {len(keep)} distinct hard puzzles made, {n_hard} needed")
-    train = sudoku._take(hard, np.array(keep, dtype=np.int64))
+    train = sudoku._take(hard, np.array(keep[:n_hard], dtype=np.int64)) if n_hard else sudoku._take(test, np.arange(0))
     if n_easy:
         easy = sudoku.generate(n_easy, 9, EASY_GIVENS, seed + 7_777, workers=workers)
         train = SudokuPuzzles(
