@@ -101,9 +101,14 @@ def onnx_session(ckpt: Checkpoint, threads: int, exporter: Exporter, scratch: Pa
 
 
 def build_steps(
-    ckpt: Checkpoint, batch: int, session: Any, compile_backend: str
+    ckpt: Checkpoint,
+    batch: int,
+    session: Any,
+    compile_backend: str,
+    backends: Sequence[str] = BACKENDS,
+    warmup: int = WARMUP_STEPS,
 ) -> tuple[dict[str, Step], dict[str, dict[str, Any]]]:
-    """Warmed-up steps per backend, and a cell per backend holding its warm-up time or its error."""
+    """Warmed-up steps per backend (of `backends`), and a cell per backend holding its warm-up time or its error."""
     model = ckpt.model
     if not isinstance(model, TRM):
         raise TypeError(f"{ckpt.name}: expected a TRM/HRM model, got {type(model).__name__}")
@@ -127,13 +132,15 @@ def build_steps(
     steps: dict[str, Step] = {}
     cells: dict[str, dict[str, Any]] = {}
     for name, make in makers.items():
+        if name not in backends:
+            continue
         if name == "onnx" and session is None:
             cells[name] = {"error": "no ONNX session (see the model's onnx entry)"}
             continue
         start = time.perf_counter()
         try:
             step = make()
-            for _ in range(WARMUP_STEPS):
+            for _ in range(warmup):
                 step()
         except Exception as exc:  # a backend that cannot run is a result, not a crash
             cells[name] = {"error": error_text(exc)}
@@ -159,10 +166,18 @@ def timed(step: Step, budget: float) -> tuple[list[float], float]:
 
 
 def measure_cell(
-    ckpt: Checkpoint, batch: int, session: Any, seconds: float, repeats: int, compile_backend: str
+    ckpt: Checkpoint,
+    batch: int,
+    session: Any,
+    seconds: float,
+    repeats: int,
+    compile_backend: str,
+    backends: Sequence[str] = BACKENDS,
+    warmup: int = WARMUP_STEPS,
 ) -> dict[str, dict[str, Any]]:
-    """Puzzle-steps/s of each backend at one batch size; slices of the backends interleave."""
-    steps, cells = build_steps(ckpt, batch, session, compile_backend)
+    """Puzzle-steps/s of each backend at one batch size; slices of the backends interleave. A step slower than a
+    slice still runs once per slice, so `seconds` is a floor: big models get `repeats` timed calls."""
+    steps, cells = build_steps(ckpt, batch, session, compile_backend, backends, warmup)
     rates: dict[str, list[float]] = {name: [] for name in steps}
     times: dict[str, list[float]] = {name: [] for name in steps}
     elapsed: dict[str, float] = dict.fromkeys(steps, 0.0)
