@@ -40,8 +40,10 @@ from server.registry import find_checkpoints
 
 log = logging.getLogger("benchmarks.gpu")
 
-PAPER_PRESETS = ("sudoku-extreme-mlp", "sudoku-extreme-att", "maze-hard", "arc1")
-"""The paper's configurations, run with random weights: their sizes, not their accuracy, are what is checked."""
+PAPER_PRESETS = ("sudoku-extreme-mlp", "sudoku-extreme-att", "maze-hard", "arc1", "hrm-maze-hard")
+"""The paper's configurations, run with random weights: their sizes, not their accuracy, are what is checked.
+`hrm-maze-hard` is the shape of the HRM authors' published maze and ARC checkpoints (two 4-layer networks, 1 + 900
+positions), so its step time is what serving them costs on the device (`docs/published-checkpoints.md`)."""
 POLICIES = ("continuous", "static", "sequential")
 GENERATED_DATA = {
     # The paper presets read public CSVs a fresh machine lacks; the generators give the same shapes, and a
