@@ -16,16 +16,18 @@ MARGIN = 1
 
 
 def canvas_sides(trained: int, limit: int = DEFAULT_MAX_MAZE_SIDE) -> list[int]:
-    """Canvas sides of a size-agnostic model's pools: its trained canvas, then steps of about 1.5x (multiples of
+    """Canvas sides of a size-agnostic model's pools: its trained canvas, then steps of about 4/3 (multiples of
     8) up to the first that takes a `limit`-side maze and its margin.
 
-    Each maze runs on the smallest canvas that takes it, so at most about 2.25x of a step's cells are padding, and
-    the few pools keep the number of batch shapes (and of warm-ups, and of compiled graphs) small.
+    Each maze runs on the smallest canvas that takes it, so at most about 1.8x of a step's cells are padding, and
+    the few pools keep the number of batch shapes (and of warm-ups, and of compiled graphs) small. A step costs
+    more than its cell count once the batch's activations leave the CPU's caches (batch 64: 0.82 s on 16x16,
+    12.3 s on 40x40), so a 30x30 maze, the paper's size, gets a 32x32 canvas rather than a 40x40 one.
     """
     last = -(-(limit + MARGIN) // 8) * 8
     sides = [trained]
     while sides[-1] - MARGIN < limit:
-        sides.append(min(max(-(-sides[-1] * 3 // 2 // 8) * 8, sides[-1] + 8), last))
+        sides.append(min(max(-(-sides[-1] * 4 // 3 // 8) * 8, sides[-1] + 8), last))
     return sides
 
 

@@ -22,7 +22,7 @@ LIMIT = 50
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     weights = tmp_path_factory.mktemp("weights")
     write_conv_checkpoint(weights / "maze-any")
-    card = {"halting_canvas40": {"threshold": 0.9, "max_steps": 3}}  # calibrated on mazes run on 40x40 canvases
+    card = {"halting_canvas32": {"threshold": 0.9, "max_steps": 3}}  # calibrated on mazes run on 32x32 canvases
     (weights / "maze-any" / "metrics.json").write_text(json.dumps(card))
     write_checkpoint(weights / "maze-6", "maze", 36)
     record_trained_sides(weights / "maze-6", 6, None)
@@ -39,17 +39,17 @@ def people_maze(h: int, w: int, seed: int, ring: bool = True) -> list[str]:
 
 
 def test_canvas_pools_step_up_by_about_half_to_the_first_that_takes_the_limit() -> None:
-    assert canvas_sides(16, 128) == [16, 24, 40, 64, 96, 136]
-    assert canvas_sides(16, 50) == [16, 24, 40, 56]
+    assert canvas_sides(16, 128) == [16, 24, 32, 48, 64, 88, 120, 136]
+    assert canvas_sides(16, 50) == [16, 24, 32, 48, 56]
     assert canvas_sides(16, 15) == [16]
-    assert [canvas_for(side, 16) for side in (15, 16, 23, 39, 45, 128)] == [16, 24, 24, 40, 64, 136]
+    assert [canvas_for(side, 16) for side in (15, 16, 23, 30, 31, 45, 128)] == [16, 24, 24, 32, 32, 48, 136]
     with pytest.raises(ValueError, match="limit of 128"):
         canvas_for(129, 16)
 
 
 def test_models_list_the_canvases_and_the_longest_side(client: TestClient) -> None:
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
-    assert models["maze-any"]["canvases"] == [16, 24, 40, 56] and models["maze-any"]["max_side"] == LIMIT
+    assert models["maze-any"]["canvases"] == [16, 24, 32, 48, 56] and models["maze-any"]["max_side"] == LIMIT
     assert models["maze-6"]["canvases"] == [] and models["maze-6"]["max_side"] == 6
 
 
@@ -109,7 +109,7 @@ def test_random_maze_sizes_outside_the_limit_are_422(client: TestClient, params:
 
 def test_each_canvas_has_its_own_queue_gauge(client: TestClient) -> None:
     text = client.get("/metrics").text
-    for side in (16, 24, 40, 56):
+    for side in (16, 24, 32, 48, 56):
         pool = "maze-any" if side == 16 else f"maze-any@{side}x{side}"
         assert f'model="{pool}"' in text
 
