@@ -45,6 +45,28 @@ def bucket(n: int, limit: int) -> int:
     return min(size, max(limit, n))
 
 
+def chunk_rows(rows: int, tokens_per_row: int, chunk_tokens: int) -> list[slice]:
+    """Row slices of at most `chunk_tokens` cells each (at least one row); one slice when `chunk_tokens` is 0
+    (`server.settings.CPU_CHUNK_TOKENS` says why a CPU wants them)."""
+    per = rows if chunk_tokens <= 0 else max(1, chunk_tokens // max(1, tokens_per_row))
+    return [slice(start, min(start + per, rows)) for start in range(0, rows, per)]
+
+
+def step_chunks(
+    model: TRM, carry: Carry, inputs: Tensor, vectors: Tensor, chunk_tokens: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One supervision step of a batch, in row chunks (`chunk_rows`): new y, z, logits, q_halt, q_continue.
+    Rows are independent, so the result is the one-pass result."""
+    parts = []
+    for part in chunk_rows(inputs.shape[0], inputs.shape[1], chunk_tokens):
+        out = model.step(Carry(carry.y[part], carry.z[part]), inputs[part], puzzle_vectors=vectors[part])
+        parts.append((out.carry.y, out.carry.z, out.logits, out.q_halt, out.q_continue))
+    if len(parts) == 1:
+        return parts[0]
+    y, z, logits, q_halt, q_continue = (torch.cat(column) for column in zip(*parts, strict=True))
+    return y, z, logits, q_halt, q_continue
+
+
 class Engine(ABC):
     """A pool of `slots` puzzle slots for one model on one device."""
 
@@ -104,8 +126,10 @@ class TorchEngine(Engine):
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         compile_model: bool = False,
+        chunk_tokens: int = 0,
     ) -> None:
         table = model.puzzle_emb.detach().cpu().numpy()
+        self.chunk_tokens = chunk_tokens
         super().__init__(config, table, slots)
         self.device = device
         self.dtype = dtype
@@ -137,12 +161,14 @@ class TorchEngine(Engine):
         idx = torch.as_tensor(idx_list, dtype=torch.long, device=self.device)
         carry = Carry(self.y[idx], self.z[idx])
         with autocast(self.device, self.dtype):
-            out = self.model.step(carry, self.inputs[idx], puzzle_vectors=self.vectors[idx])
+            y, z, logits, q_halt_raw, q_continue = step_chunks(
+                self.model, carry, self.inputs[idx], self.vectors[idx], self.chunk_tokens
+            )
         real = idx[:k]
-        self.y[real] = out.carry.y[:k].float()
-        self.z[real] = out.carry.z[:k].float()
-        logits = out.logits[:k]
-        q_halt = self.model.halting_logit(out.q_halt[:k], out.q_continue[:k]).float()
+        self.y[real] = y[:k].float()
+        self.z[real] = z[:k].float()
+        logits = logits[:k]
+        q_halt = self.model.halting_logit(q_halt_raw[:k], q_continue[:k]).float()
         finite = torch.isfinite(logits).flatten(1).all(dim=1) & torch.isfinite(q_halt)
         return StepResult(
             tokens=logits.argmax(-1).cpu().numpy(),

@@ -125,7 +125,8 @@ def build_engine(ckpt: Checkpoint, settings: Settings, canvas: int | None = None
     if canvas is not None:
         config = replace(config, seq_len=canvas * canvas)
         slots = max(1, min(slots, settings.canvas_tokens // config.seq_len))
-    return TorchEngine(ckpt.model, config, slots, device, dtype, settings.compile)
+    chunk = settings.cpu_chunk_tokens if device.type == "cpu" else 0
+    return TorchEngine(ckpt.model, config, slots, device, dtype, settings.compile, chunk)
 
 
 def size_agnostic(config: TRMConfig) -> bool:
