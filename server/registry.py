@@ -49,7 +49,8 @@ class ModelEntry:
     """A size-agnostic (`conv`) maze model: one entry per canvas size, smallest first, the model's own canvas
     being this entry. They share the network; each has its codec and its engine, so puzzles batch by size."""
     max_side: int = 0
-    """The longest maze side this model takes: its grid side, or `max_maze_side` for a size-agnostic one."""
+    """A size-agnostic model (the entry of its own canvas): the longest maze side it takes, `max_maze_side`; 0
+    elsewhere, where the grid side is the limit."""
 
     def for_side(self, side: int | None) -> ModelEntry:
         """The entry that runs a puzzle whose longer side is `side`: this one, or the smallest canvas that fits."""
@@ -74,7 +75,7 @@ class ModelEntry:
         """How a request's puzzles halt (`inference.halting`): its `max_steps`, else the server's default, else the
         horizon calibrated for that many views (a model may keep improving past the horizon it trained with:
         maze-15x15 45.8% exact at 8 steps, 49.3% at 16), else `halt_max_steps`; the threshold likewise."""
-        canvas = self.codec.side if self.max_side else None  # type: ignore[attr-defined]
+        canvas = self.codec.side if size_agnostic(self.config) else None  # type: ignore[attr-defined]
         return self.calibration.policy(views, mode, max_steps=max_steps, operator=self.operator, canvas=canvas)
 
     def describe(self) -> dict[str, Any]:
@@ -190,7 +191,6 @@ class Registry:
                 identifiers=ids,
                 operator=operator,
                 pool=f"{path.name}@{side}x{side}" if canvas else path.name,
-                max_side=min(self.settings.max_maze_side, codec.fits) if pooled and canvas else 0,  # type: ignore[attr-defined]
             )
             entry.engine.warm_up()
             return entry
@@ -220,10 +220,7 @@ class Registry:
             if entry.family != family:
                 raise ValueError(f"model {name!r} solves {entry.family}, not {family}")
             if entry.canvases and side is not None and side > entry.max_side:
-                raise ValueError(
-                    f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
-                    f"{entry.max_side} a side (setting max_maze_side)"
-                )
+                raise _over_limit(side, entry.max_side)
             return entry.for_side(side)
         candidates = [e for e in self.models.values() if e.family == family]
         if not candidates:
@@ -232,10 +229,7 @@ class Registry:
         if not fitting:
             largest = max(e.max_side or e.config.grid_side for e in candidates)
             if any(e.canvases for e in candidates):
-                raise ValueError(
-                    f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
-                    f"{largest} a side (setting max_maze_side)"
-                )
+                raise _over_limit(side, largest)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
         return min(
             fitting,
@@ -246,6 +240,13 @@ class Registry:
                 e.name,
             ),
         ).for_side(side)
+
+
+def _over_limit(side: int | None, limit: int) -> ValueError:
+    return ValueError(
+        f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
+        f"{limit} a side (setting max_maze_side)"
+    )
 
 
 def trained_sides(config: TRMConfig) -> tuple[int, int] | None:

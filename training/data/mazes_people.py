@@ -318,19 +318,28 @@ def draw_styles(
         ring = bool(rng.random() < 0.5)
         height = int(rng.integers(max(min_side, 3 + 2 * ring), max_side + 1))
         width = height if rng.random() < 0.5 else int(rng.integers(max(min_side, 3 + 2 * ring), max_side + 1))
-        cells = ((height + 1) // 2) * ((width + 1) // 2)
+        generator = GENERATORS[int(rng.integers(len(GENERATORS)))]
         styles.append(
             dict(
-                generator=GENERATORS[int(rng.integers(len(GENERATORS)))],
+                generator=generator,
                 ring=ring,
                 height=height,
                 width=width,
-                loops=0.0 if rng.random() < 0.4 else float(rng.uniform(0.0, loops_max)),
-                rooms=0 if rng.random() < 0.7 else int(rng.integers(1, 2 + cells // 24)),
-                doors=ring and bool(rng.random() < 0.3),
+                **_texture(height, width, ring, loops_max, rng),
             )
         )
     return styles
+
+
+def _texture(height: int, width: int, ring: bool, loops_max: float, rng: np.random.Generator) -> dict[str, Any]:
+    """A random style's loops, open rooms and doors: perfect in 40% of mazes, rooms in 30%, doors in 30% of ringed
+    ones."""
+    cells = ((height + 1) // 2) * ((width + 1) // 2)
+    return dict(
+        loops=0.0 if rng.random() < 0.4 else float(rng.uniform(0.0, loops_max)),
+        rooms=0 if rng.random() < 0.7 else int(rng.integers(1, 2 + cells // 24)),
+        doors=ring and bool(rng.random() < 0.3),
+    )
 
 
 def held_out(n: int, height: int, width: int, ring: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -339,18 +348,16 @@ def held_out(n: int, height: int, width: int, ring: bool, seed: int) -> tuple[np
     rng = np.random.default_rng([seed, height, width, int(ring)])
     questions = np.zeros((n, height, width), np.uint8)
     labels = np.zeros((n, height, width), np.uint8)
-    cells = ((height + 1) // 2) * ((width + 1) // 2)
     for i in range(n):
+        texture = _texture(height, width, ring, 0.2, rng)
         q, a, _ = generate(
             1,
             height,
             width,
             generator=GENERATORS[i % len(GENERATORS)],
             ring=ring,
-            loops=0.0 if rng.random() < 0.4 else float(rng.uniform(0.0, 0.2)),
-            rooms=0 if rng.random() < 0.7 else int(rng.integers(1, 2 + cells // 24)),
-            doors=ring and bool(rng.random() < 0.3),
             seed=int(rng.integers(2**31)),
+            **texture,
         )
         questions[i], labels[i] = q[0], a[0]
     return questions, labels

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.canvas import MARGIN, canvas_for
 from model.config import TRMConfig
-from model.puzzles.maze import WALL
+from model.puzzles.maze import WALL, MazeCodec, inside
 from training.config import DataConfig, Preset
 from training.data import maze, sudoku
 from training.data.dataset import DatasetMeta, PuzzleSet, load_meta, load_split
@@ -159,9 +160,6 @@ def serve_layout(questions: np.ndarray, labels: np.ndarray, config: TRMConfig) -
     model's grid, or for a size-agnostic model into the canvas `inference.canvas` picks, with a wall margin; the
     padding is unscored (label 0). All mazes must land on one canvas (a set of one size does, ring or not, unless
     the ring takes it under a canvas boundary)."""
-    from inference.canvas import MARGIN, canvas_for
-    from model.puzzles.maze import MazeCodec, inside
-
     solved = [inside(q).shape for q in questions]
     if config.mixer == "conv":
         sides = {canvas_for(max(h, w), config.grid_side) for h, w in solved}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def rating(grid: np.ndarray) -> int:
     return count_solutions(grid, limit=1 << 30)[1]
 
 
-def _run_chunk(args: tuple[int, int, int, int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_chunk(args: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     seed, count, side, lo, hi, min_rating, max_rating, max_tries = args
     n = side * side
     puzzles, solutions = np.zeros((count, n), np.int8), np.zeros((count, n), np.int8)
@@ -274,13 +275,35 @@ def generate(
                 count * max_tries_per_puzzle,
             )
         )
+    return run_chunks(_run_chunk, tasks, n, side, workers)
+
+
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def run_chunks(
+    run: Callable[[tuple[int, ...]], Chunk],
+    tasks: Sequence[tuple[int, ...]],
+    n: int,
+    side: int,
+    workers: int | None,
+    warm: tuple[int, ...] | None = None,
+) -> SudokuPuzzles:
+    """Run a generator's chunks (flat puzzles, solutions, ratings each), in forked worker processes when there are
+    several, and join them in task order, so the output depends on the tasks' seeds only.
+
+    Before forking, the solver is compiled here once (and `warm`, a task making nothing, compiles `run`'s own
+    kernel), so workers inherit the compiled code instead of each compiling it.
+    """
     workers = min(workers or os.cpu_count() or 1, len(tasks))
     if workers <= 1:
-        results = [_run_chunk(t) for t in tasks]
+        results = [run(t) for t in tasks]
     else:
-        count_solutions(np.zeros((side, side), np.int8), limit=1)  # compile once before forking workers
+        count_solutions(np.zeros((side, side), np.int8), limit=1)
+        if warm is not None:
+            run(warm)
         with ProcessPoolExecutor(workers, mp_context=fork_context()) as pool:
-            results = list(pool.map(_run_chunk, tasks))
+            results = list(pool.map(run, tasks))
     shape = (n, side, side)
     puzzles = np.concatenate([r[0] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)
     solutions = np.concatenate([r[1] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)

@@ -14,16 +14,14 @@ Everything runs in numba, one fixed-seed chunk per task as in the plain generato
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from training.data import sudoku
-from training.data.compiled import fork_context, njit
+from training.data.compiled import njit
 from training.data.dataset import save_dataset
-from training.data.sudoku import CHUNK, SudokuPuzzles, _search, _tables, count_solutions
+from training.data.sudoku import CHUNK, SudokuPuzzles, _search, _tables
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +196,7 @@ def generate(
         chunk_seed = int(np.random.SeedSequence([seed, k, 17]).generate_state(1)[0] >> 1)
         count = min(CHUNK, n - start)
         tasks.append((chunk_seed, count, lo, hi, min_rating, walk, patience, per_walk, count * max_tries_per_puzzle))
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
-    if workers <= 1:
-        results = [_run_chunk(t) for t in tasks]
-    else:
-        count_solutions(np.zeros((SIDE, SIDE), np.int8), limit=1)  # compile once before forking workers
-        _run_chunk((0, 0, lo, hi, 0, 1, 1, 1, 0))
-        with ProcessPoolExecutor(workers, mp_context=fork_context()) as pool:
-            results = list(pool.map(_run_chunk, tasks))
-    shape = (n, SIDE, SIDE)
-    puzzles = np.concatenate([r[0] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)
-    solutions = np.concatenate([r[1] for r in results]).reshape(shape) if results else np.zeros(shape, np.int8)
-    ratings = np.concatenate([r[2] for r in results]) if results else np.zeros(0, np.int32)
-    return SudokuPuzzles(puzzles, solutions, ratings)
+    return sudoku.run_chunks(_run_chunk, tasks, n, SIDE, workers, warm=(0, 0, lo, hi, 0, 1, 1, 1, 0))
 
 
 EASY_GIVENS = (22, 40)
