@@ -1,10 +1,11 @@
-"""Which canvas a size-agnostic maze model runs a maze on: one rule for the server's pools and for evaluation.
+"""Which canvas a size-agnostic model runs a puzzle on: one rule for the server's pools, training and evaluation.
 
-A `conv` maze model has no size, but a batch needs one shape, so the server keeps a few canvas sizes and runs each
-maze on the smallest that takes it with a one-cell wall margin (the mixer wraps around a torus, and the margin
-keeps a maze's last row from touching its first). The model's pooled summary reads the whole canvas, so the canvas
-a maze lands on is part of the answer; `training.evaluate` lays mazes out through this module to score exactly
-what the server answers.
+A `conv` model has no size, but a batch needs one shape, so the server keeps a few canvas sizes and runs each
+puzzle on the smallest that takes it with a one-cell margin (the mixer wraps around a torus, and the margin keeps
+a grid's last row from touching its first: walls for a maze, the EOS border and padding for an ARC grid). The
+model's pooled summary reads the whole canvas, so the canvas a puzzle lands on is part of the answer;
+`training.evaluate` lays mazes out, and the ARC data builder lays tasks out, through this module, so training and
+scoring see what the server runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def canvas_sides(trained: int, limit: int = DEFAULT_MAX_MAZE_SIDE) -> list[int]:
 
 
 def canvas_for(side: int, trained: int, limit: int = DEFAULT_MAX_MAZE_SIDE) -> int:
-    """The canvas side a maze whose longer side (inside its ring) is `side` runs on; ValueError past `limit`."""
+    """The canvas side a grid whose longer side (a maze's inside its ring) is `side` runs on; ValueError past
+    `limit`."""
     if side > limit:
-        raise ValueError(f"maze side {side} is over the limit of {limit}")
+        raise ValueError(f"grid side {side} is over the limit of {limit}")
     return next(c for c in canvas_sides(trained, limit) if c - MARGIN >= side)

@@ -51,6 +51,10 @@ class TRMConfig:
     """Token mixing: self-attention, the MLP across the sequence axis (the paper's TRM-MLP for Sudoku), or `conv`:
     a depthwise 3x3 convolution over the H x W grid with no position anywhere (`model.layers.LocalMixer`), so one
     set of weights runs on any grid size; `seq_len` is then only the square canvas it was trained on."""
+    conv_broadcast: bool = False
+    """`conv` only: every grid cell also reads the prefix's puzzle vector and the grid's pooled summary, so a task
+    vector and facts about the whole grid reach every cell in one layer (ARC, where a rule is global: recolour the
+    largest object, copy a shape across). False keeps cells purely local, as the maze model needs to extrapolate."""
     pos_encodings: Position = "rope"
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
@@ -92,6 +96,7 @@ class TRMConfig:
             self.mixer != "conv" or math.isqrt(self.seq_len) ** 2 == self.seq_len,
             "mixer 'conv' needs a square seq_len (the H x W canvas of flat inputs is read as a square)",
         )
+        need(not self.conv_broadcast or self.mixer == "conv", "conv_broadcast needs mixer 'conv'")
         need(self.pos_encodings in ("rope", "learned", "none"), f"pos_encodings {self.pos_encodings!r} unknown")
         need(self.halt_max_steps >= 1, "halt_max_steps must be >= 1")
         need(0.0 <= self.halt_exploration_prob <= 1.0, "halt_exploration_prob must be in [0, 1]")

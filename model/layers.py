@@ -152,7 +152,10 @@ class LocalMixer(nn.Module):
       on a big grid (one open dead end in a 61x61 maze moves a mean by 1/3721) while a max does not.
     * Grid cells never read the prefix: the answer is a purely local function of the puzzle, which is what makes
       the translation property exact and extrapolation plausible. The puzzle vector so only reaches the Q head;
-      mazes and Sudoku have one shared vector anyway (a task-conditioned family like ARC would need a broadcast).
+      mazes and Sudoku have one shared vector anyway.
+    * ARC is task-conditioned and its rules are often global, so `conv_broadcast` adds one projection of (prefix
+      slot 0, grid mean, grid max) to every cell: the task's vector and whole-grid facts reach each cell in one
+      layer instead of spreading a cell per layer. It is the same for every cell, so translation still commutes.
     """
 
     def __init__(self, config: TRMConfig) -> None:
@@ -161,6 +164,7 @@ class LocalMixer(nn.Module):
         self.prefix_len = config.puzzle_emb_len
         self.conv_weight = nn.Parameter(trunc_normal_(torch.empty(d, 1, 3, 3), std=1.0 / 3.0))  # LeCun: fan-in 9
         self.pool_proj = lecun_linear(2 * d, d)
+        self.broadcast_proj = lecun_linear(3 * d, d) if config.conv_broadcast else None
 
     def forward(self, h: Tensor, grid: Grid) -> Tensor:
         b, _, d = h.shape
@@ -171,6 +175,8 @@ class LocalMixer(nn.Module):
         mixed = F.conv2d(circular_pad(cells), self.conv_weight, groups=d)  # (B, D, H, W)
         pooled = torch.cat((tokens.mean(dim=1), tokens.amax(dim=1)), dim=-1)  # (B, 2D)
         prefix = self.pool_proj(pooled)[:, None].expand(b, p, d)
+        if self.broadcast_proj is not None:
+            mixed = mixed + self.broadcast_proj(torch.cat((h[:, 0], pooled), dim=-1))[:, :, None, None]
         return torch.cat((prefix, mixed.flatten(2).transpose(1, 2)), dim=1)
 
 

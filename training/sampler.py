@@ -4,6 +4,10 @@ Each epoch visits every group (original puzzle) once in a shuffled order, takes 
 of it and all that variant's examples, as the reference does; the last partial batch of an epoch is dropped.
 Every random choice is derived from (seed, epoch, position), so the stream is resumable from `(epoch, offset)`
 alone and identical across data-parallel ranks, which each take their slice of every global batch.
+
+A size-agnostic ARC set (examples with their own `canvas`) is batched per canvas, since a batch needs one shape:
+an epoch's examples are split by canvas, cut into batches, and the batches shuffled in runs of `bucket_run` of
+one canvas, so the trainer, which restarts its slots when the shape changes, rarely has to.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data.dataset import PuzzleSet
+from training.data.dataset import PuzzleSet, crop
 
 Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -34,6 +38,7 @@ class BatchStream:
         augment: Augment | None = None,
         epoch: int = 0,
         offset: int = 0,
+        bucket_run: int = 32,
     ) -> None:
         self.data = data
         self.batch_size = batch_size
@@ -41,6 +46,8 @@ class BatchStream:
         self.augment = augment
         self.epoch = epoch
         self.offset = offset
+        self.bucket_run = bucket_run
+        self._canvas = np.asarray(data.extras["canvas"]) if "canvas" in data.extras else None
         # Examples sorted by (group, puzzle); per group the ranges of each of its puzzles.
         order = np.lexsort((np.asarray(data.puzzle_ids), np.asarray(data.groups)))
         self._sorted = order
@@ -72,8 +79,23 @@ class BatchStream:
             groups = rng.permutation(self.num_groups)
             pick = self._group_first[groups] + (rng.random(len(groups)) * self._group_count[groups]).astype(np.int64)
             parts = [self._sorted[s:e] for s, e in zip(self._puzzle_starts[pick], self._puzzle_ends[pick], strict=True)]
-            self._epoch_cache = (epoch, np.concatenate(parts))
+            order = np.concatenate(parts)
+            if self._canvas is not None:
+                order = self._bucketed(order, rng)
+            self._epoch_cache = (epoch, order)
         return self._epoch_cache[1]
+
+    def _bucketed(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's order regrouped so every batch holds one canvas: per canvas, whole batches in epoch order
+        (a partial one dropped), gathered into runs of `bucket_run` batches, and the runs shuffled."""
+        assert self._canvas is not None
+        canvases = self._canvas[order]
+        runs = []
+        for c in np.unique(canvases):
+            rows = order[canvases == c]
+            rows = rows[: len(rows) // self.batch_size * self.batch_size].reshape(-1, self.batch_size)
+            runs += [rows[i : i + self.bucket_run].reshape(-1) for i in range(0, len(rows), self.bucket_run)]
+        return np.concatenate([runs[i] for i in rng.permutation(len(runs))]) if runs else order[:0]
 
     def next(self) -> Batch:
         order = self._epoch_order(self.epoch)
@@ -87,5 +109,8 @@ class BatchStream:
         if self.augment is not None:
             inputs, labels = self.augment(inputs, labels, np.random.default_rng([self.seed, self.epoch, self.offset]))
         ids = np.asarray(self.data.puzzle_ids[idx]).astype(np.int64)
+        if self._canvas is not None:
+            canvas = int(self._canvas[idx[0]])
+            inputs, labels = crop(inputs, canvas), crop(labels, canvas)
         self.offset += self.batch_size
         return Batch(inputs, labels, ids)

@@ -34,7 +34,7 @@ from model.config import TRMConfig
 from model.precision import autocast
 from model.puzzles import get_codec
 from model.trm import TRM
-from training.data.dataset import PuzzleSet
+from training.data.dataset import PuzzleSet, by_canvas
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,25 @@ def evaluate_model(
         result["q"] = np.concatenate(q_never) if q_never else np.zeros(0)  # halting probability after the last step
         result["steps"] = np.concatenate(steps_rows) if steps_rows else np.zeros(0, dtype=np.int64)
         result["verified"] = np.concatenate(verified_rows) if verified_rows else np.zeros(0, dtype=bool)
+    return result
+
+
+def evaluate_by_canvas(model: TRM, data: PuzzleSet, limit: int = 0, **options: Any) -> dict[str, Any]:
+    """`evaluate_model` for a split whose examples carry their own canvas (size-agnostic ARC): each canvas scored
+    on its own, the figures averaged over puzzles (cell accuracy too, so a canvas weighs by its puzzles, not by
+    its cells), with `exact_by_canvas` beside them; `limit` takes evenly spaced examples of the whole split, so
+    every task family is in a small evaluation. Any other split goes straight to `evaluate_model`."""
+    if "canvas" not in data.extras:
+        return evaluate_model(model, data, limit=limit, **options)
+    if limit and limit < len(data):
+        data = data.subset(np.linspace(0, len(data) - 1, limit).round().astype(np.int64))
+    parts = [(c, evaluate_model(model, part, **options)) for c, part in by_canvas(data)]
+    n = sum(r["puzzles"] for _, r in parts)
+    averaged = ("exact_accuracy", "cell_accuracy", "adaptive_exact_accuracy", "adaptive_cell_accuracy", "mean_steps")
+    result: dict[str, Any] = {k: sum(r[k] * r["puzzles"] for _, r in parts) / max(1, n) for k in averaged}
+    result["puzzles"] = n
+    result["seconds"] = round(sum(r["seconds"] for _, r in parts), 2)
+    result["exact_by_canvas"] = {str(c): r["exact_accuracy"] for c, r in parts}
     return result
 
 

@@ -124,6 +124,23 @@ def parse_task(raw: Any, side: int = MAX_SIDE, field: str = "task") -> ArcTask:
     return ArcTask(train, test)
 
 
+def needed_side(task: ArcTask) -> int:
+    """The longest side a task's grids need: every given grid, and each test output as the demonstrations suggest.
+
+    A size-agnostic model runs a task on a canvas chosen before the answer exists, so the canvas must already hold
+    the output. When every demonstration scales a dimension by the same factor (3x3 -> 9x9) the test input's is
+    scaled by it too; otherwise the largest given grid decides (a test output larger than every grid of its task
+    and not a fixed multiple of its input is not foreseen, and the answer is clipped to the canvas).
+    """
+    given = [g.shape for pair in task.pairs() for g in (pair.input, pair.output) if g is not None]
+    side = int(max(max(shape) for shape in given))
+    for axis in (0, 1):
+        ratios = {pair.output.shape[axis] / pair.input.shape[axis] for pair in task.train if pair.output is not None}
+        if len(ratios) == 1 and (ratio := ratios.pop()) > 1:
+            side = max(side, *(math.ceil(int(pair.input.shape[axis]) * ratio) for pair in task.test))
+    return min(side, MAX_SIDE)
+
+
 def encode_grid(grid: np.ndarray | Sequence[Sequence[int]], side: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Tokens uint8 [side*side] of one grid placed at `offset` (row, col) with the reference EOS border.
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from model.puzzles import get_codec
-from model.puzzles.arc import ArcCodec, crop_shape, decode_grid, encode_grid, parse_task
+from model.puzzles.arc import ArcCodec, ArcPair, ArcTask, crop_shape, decode_grid, encode_grid, needed_side, parse_task
 from model.puzzles.base import PuzzleError
 
 
@@ -141,3 +141,17 @@ def test_parse_errors_name_the_field(raw: Any, message: str, field: str) -> None
 def test_small_canvas_limits_grid_size() -> None:
     with pytest.raises(PuzzleError, match="ARC grid 11x1 exceeds 10x10"):
         ArcCodec(100).parse(_task(test=[{"input": [[1]] * 11}]))
+
+
+def test_needed_side_foresees_outputs_scaled_like_the_demonstrations() -> None:
+    """A 3x3 -> 9x9 task asked about a 4x4 input needs a 12-side canvas; a task that keeps sizes needs its largest
+    grid; nothing past 30."""
+
+    def task(pairs: list[tuple[int, int]], test: int) -> ArcTask:
+        demo = tuple(ArcPair(np.zeros((i, i), np.uint8), np.zeros((o, o), np.uint8)) for i, o in pairs)
+        return ArcTask(demo, (ArcPair(np.zeros((test, test), np.uint8)),))
+
+    assert needed_side(task([(3, 9), (2, 6)], 4)) == 12
+    assert needed_side(task([(5, 5), (7, 7)], 6)) == 7
+    assert needed_side(task([(3, 9), (2, 4)], 4)) == 9  # no common factor: the largest grid decides
+    assert needed_side(task([(10, 30)], 12)) == 30

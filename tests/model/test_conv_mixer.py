@@ -126,3 +126,35 @@ def test_onnx_export_has_dynamic_h_and_w_and_matches_torch(tmp_path: Path) -> No
     assert check_export(model, path, batch_sizes=(1, 3), steps=3, grids=[(9, 9), (6, 13)]) < 1e-4
     with pytest.raises(ValueError, match="dynamo"):
         export_step(model, tmp_path / "legacy.onnx", exporter="torchscript")
+
+
+@torch.no_grad()
+def test_the_arc_broadcast_keeps_translation_exact_and_lets_the_task_vector_reach_every_cell() -> None:
+    """`conv_broadcast` (ARC): a moved grid still gives the moved answer, and unlike the maze mixer a different
+    puzzle vector changes the answer of every cell, however far from the prefix."""
+    config = conv_config(family="arc", vocab_size=12, conv_broadcast=True, puzzle_emb_len=1)
+    torch.manual_seed(0)
+    model = TRM(config).eval()
+    grid = torch.zeros((1, 12, 12), dtype=torch.long)
+    grid[0, :5, :7] = torch.randint(2, 12, (5, 7))
+    moved = torch.roll(grid, shifts=(3, 4), dims=(1, 2))
+
+    def answer(inputs: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        carry = model.initial_carry(1, num_tokens=inputs[0].numel())
+        for _ in range(2):
+            out = model.step(carry, inputs, puzzle_vectors=vector)
+            carry = out.carry
+        return out.logits.view(1, 12, 12, 12)
+
+    vector = torch.randn(1, config.hidden_size)
+    expected = torch.roll(answer(grid, vector), shifts=(3, 4), dims=(1, 2))
+    torch.testing.assert_close(answer(moved, vector), expected, rtol=0, atol=1e-5)
+    other = answer(grid, torch.randn(1, config.hidden_size))
+    assert ((other - answer(grid, vector)).abs().amax(-1) > 1e-4).all()
+    plain = TRM(conv_config(family="arc", vocab_size=12, puzzle_emb_len=1)).eval()
+    assert not any("broadcast" in name for name in plain.state_dict())  # the maze mixer gains no weights
+
+
+def test_broadcast_needs_the_conv_mixer() -> None:
+    with pytest.raises(ValueError, match="conv_broadcast needs mixer 'conv'"):
+        TRMConfig(conv_broadcast=True)

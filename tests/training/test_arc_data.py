@@ -21,7 +21,7 @@ from training.data.arc import (
     load_kaggle,
     load_source,
 )
-from training.data.dataset import load_identifiers, load_meta, load_split
+from training.data.dataset import by_canvas, crop, load_identifiers, load_meta, load_split
 
 
 def _task(seed: int, n_train: int = 2, n_test: int = 1) -> dict[str, Any]:
@@ -175,3 +175,36 @@ def test_small_canvas_skips_tasks_too_large_and_duplicates(tmp_path: Path) -> No
     assert meta.seq_len == 100
     assert meta.source["skipped_tasks"] == ["training/big00001", "training/train01 (duplicate)"]
     assert load_split(root, "test").inputs.shape[1] == 100
+
+
+def test_size_agnostic_build_lays_each_task_on_its_own_canvas(tmp_path: Path) -> None:
+    """`canvas`: every task on the smallest canvas that holds it and its EOS border, stored top-left on the largest;
+    cutting a row back to its canvas decodes the original grid, and nothing is translated."""
+    wide = {"train": [{"input": [[1] * 14] * 3, "output": [[2] * 14] * 3}], "test": [{"input": [[3] * 14] * 2}]}
+    huge = {"train": [{"input": [[4] * 30] * 30, "output": [[5]]}], "test": [{"input": [[6] * 29] * 30}]}
+    tasks = {"small001": TASKS["train01"], "wide0001": wide, "huge0001": huge}
+    (tmp_path / "src" / "training").mkdir(parents=True)
+    for name, task in tasks.items():
+        (tmp_path / "src" / "training" / f"{name}.json").write_text(json.dumps(task))
+    root = build(tmp_path / "ds", source=str(tmp_path / "src"), num_aug=2, test_set="training", canvas=12)
+    assert load_meta(root).seq_len == 144  # the model's own canvas: the smallest
+    ids = load_identifiers(root)
+    for split in ("train", "test"):
+        data = load_split(root, split)
+        assert data.inputs.shape[1] == 32 * 32
+        expected = {"small001": 12, "wide0001": 20, "huge0001": 32}
+        for row in range(len(data)):
+            name, variant = parse_variant_name(ids[data.puzzle_ids[row]])
+            canvas = int(data.extras["canvas"][row])
+            assert canvas == expected[name]
+            cut = crop(data.inputs[row : row + 1], canvas)[0]
+            assert (np.asarray(data.inputs[row]).reshape(32, 32)[canvas:, :] == 0).all()
+            example = tasks[name][split if split == "test" else "train"]
+            index = int(data.extras["test_index"][row]) if split == "test" else None
+            grid = invert_variant(np.array(decode_grid(cut, canvas), np.uint8), variant).tolist()
+            if index is not None:
+                assert grid == example[index]["input"]
+            else:
+                assert grid in [p["input"] for p in example]  # at (0, 0): never translated
+    by = dict(by_canvas(load_split(root, "test")))
+    assert sorted(by) == [12, 20, 32] and by[20].inputs.shape[1] == 400

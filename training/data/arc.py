@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from model.puzzles.arc import MAX_SIDE, ArcCodec, ArcPair, ArcTask, encode_grid, parse_task
+from inference.canvas import canvas_for, canvas_sides
+from model.puzzles.arc import MAX_SIDE, ArcCodec, ArcPair, ArcTask, encode_grid, needed_side, parse_task
 from model.puzzles.augment import Variant, apply_variant, make_variants, variant_name
 from model.puzzles.base import PuzzleError
 from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
@@ -194,6 +195,7 @@ class _Split:
     groups: list[int] = field(default_factory=list)
     task_index: list[int] = field(default_factory=list)
     test_index: list[int] = field(default_factory=list)
+    canvas: list[int] = field(default_factory=list)
 
     def add(
         self,
@@ -203,6 +205,7 @@ class _Split:
         group: int,
         offsets: list[tuple[int, int]],
         task_index: int = -1,
+        canvas: int = 0,
     ) -> None:
         for i, (pair, offset) in enumerate(zip(pairs, offsets, strict=True)):
             self.pairs.append((pair, variant, offset))
@@ -210,22 +213,34 @@ class _Split:
             self.groups.append(group)
             self.task_index.append(task_index)
             self.test_index.append(i)
+            self.canvas.append(canvas)
 
     def pack(self, side: int, extras: bool) -> PuzzleSet:
+        """Token arrays on a side x side canvas; an example with its own canvas (size-agnostic models) is encoded
+        on that canvas, EOS border included, and stored in the top-left corner (`training.data.dataset.crop`)."""
         n = len(self.pairs)
-        inputs = np.zeros((n, side * side), dtype=np.uint8)
-        labels = np.zeros((n, side * side), dtype=np.uint8)  # all PAD (ignored) where the answer is unknown
+        inputs = np.zeros((n, side, side), dtype=np.uint8)
+        labels = np.zeros((n, side, side), dtype=np.uint8)  # all PAD (ignored) where the answer is unknown
         for row, (pair, variant, offset) in enumerate(self.pairs):
-            inputs[row] = encode_grid(apply_variant(pair.input, variant), side, offset)
+            c = self.canvas[row] or side
+            inputs[row, :c, :c] = encode_grid(apply_variant(pair.input, variant), c, offset).reshape(c, c)
             if pair.output is not None:
-                labels[row] = encode_grid(apply_variant(pair.output, variant), side, offset)
+                labels[row, :c, :c] = encode_grid(apply_variant(pair.output, variant), c, offset).reshape(c, c)
         more = {}
         if extras:
             more = {
                 "task_index": np.array(self.task_index, np.int32),
                 "test_index": np.array(self.test_index, np.int32),
             }
-        return PuzzleSet(inputs, labels, np.array(self.puzzle_ids, np.int32), np.array(self.groups, np.int32), more)
+        if any(self.canvas):
+            more["canvas"] = np.array(self.canvas, np.int16)
+        return PuzzleSet(
+            inputs.reshape(n, -1),
+            labels.reshape(n, -1),
+            np.array(self.puzzle_ids, np.int32),
+            np.array(self.groups, np.int32),
+            more,
+        )
 
 
 def _offsets(pairs: Sequence[ArcPair], variant: Variant, side: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -278,6 +293,7 @@ def build(
     seed: int = 42,
     max_tasks: int | None = None,
     side: int = 30,
+    canvas: int = 0,
 ) -> Path:
     """Build an ARC dataset in the TRM layout and return its directory.
 
@@ -291,11 +307,19 @@ def build(
         seed: seeds variants and translations (the reference uses 42).
         max_tasks: keep only the first `max_tasks` task ids (sorted) of EACH subset, for small builds.
         side: canvas side (30 for the reference; smaller only for tiny test models, grids must fit).
+        canvas: for a size-agnostic (`conv`) model, the smallest of its canvases: each task is laid out on the
+            smallest canvas of `inference.canvas.canvas_sides(canvas, 30)` that holds `needed_side(task)` plus
+            the EOS border, as the server will lay it out, and `side` is ignored (every grid up to 30x30 is taken).
+            Such a model's torus makes translation an exact symmetry, so no pair is translated.
 
     The test split carries `task_index` (position in test_puzzles.json) and `test_index` (which test input of
     that task) so an evaluator can vote per (task, test input); a puzzle id's name in identifiers.json names the
     variant to invert (`model.puzzles.augment.parse_variant_name`).
     """
+    # A size-agnostic model's examples are stored on its largest canvas; its own (config.seq_len) is the smallest.
+    storage = canvas_sides(canvas, MAX_SIDE)[-1] if canvas else side
+    if canvas:
+        side = MAX_SIDE
     ArcCodec(side * side)  # validates the canvas
     available = load_source(source)
     chosen = list(subsets) if subsets is not None else list(available)
@@ -320,6 +344,7 @@ def build(
                 continue
             seen.add(name)
             variants = make_variants(task, num_aug + 1, rng, max_tries=max(5 * num_aug, 1))
+            own = canvas_for(needed_side(task), canvas, MAX_SIDE) if canvas else 0
             is_test = subset_name == test_set
             if is_test:
                 test_puzzles[name] = raw
@@ -329,15 +354,16 @@ def build(
                 pid = len(identifiers)
                 identifiers.append(variant_name(name, variant))
                 if train_pairs:
-                    train.add(train_pairs, variant, pid, group, _offsets(train_pairs, variant, side, rng))
+                    offsets = [(0, 0)] * len(train_pairs) if own else _offsets(train_pairs, variant, side, rng)
+                    train.add(train_pairs, variant, pid, group, offsets, canvas=own)
                 if is_test:
-                    test.add(task.test, variant, pid, group, [(0, 0)] * len(task.test), len(test_puzzles) - 1)
+                    test.add(task.test, variant, pid, group, [(0, 0)] * len(task.test), len(test_puzzles) - 1, own)
             group += 1
 
     meta = DatasetMeta(
         family="arc",
         vocab_size=ArcCodec.vocab_size,
-        seq_len=side * side,
+        seq_len=(canvas or side) ** 2,
         num_puzzle_ids=len(identifiers),
         augment="none",
         description=f"ARC {', '.join(chosen)} (test: {test_set}), up to {num_aug} variants per task",
@@ -351,9 +377,11 @@ def build(
             "skipped_tasks": skipped,
             "tasks": group,
             "test_tasks": len(test_puzzles),
+            "canvas": canvas,
         },
     )
-    root = save_dataset(out_dir, meta, {"train": train.pack(side, False), "test": test.pack(side, True)}, identifiers)
+    splits = {"train": train.pack(storage, False), "test": test.pack(storage, True)}
+    root = save_dataset(out_dir, meta, splits, identifiers)
     (root / "test_puzzles.json").write_text(json.dumps(test_puzzles))
     log.info("ARC dataset %s: %d tasks, %d puzzle ids, %d skipped", root, group, len(identifiers), len(skipped))
     return root

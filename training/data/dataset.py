@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,3 +149,28 @@ def write_csv_rows(path: str | Path, rows: Iterable[list[object]]) -> None:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)
         writer.writerows(rows)
+
+
+def crop(rows: np.ndarray, canvas: int) -> np.ndarray:
+    """Rows [n, side*side] stored on a square canvas cut to their top-left canvas x canvas corner: [n, canvas**2].
+
+    A size-agnostic ARC dataset stores every example on its largest canvas, each in the top-left corner of the
+    canvas its task runs on (`training.data.arc.build`), so cutting gives exactly the tokens the model steps."""
+    n = len(rows)
+    side = math.isqrt(rows.shape[1])
+    return np.ascontiguousarray(np.asarray(rows).reshape(n, side, side)[:, :canvas, :canvas].reshape(n, -1))
+
+
+def by_canvas(data: PuzzleSet) -> list[tuple[int | None, PuzzleSet]]:
+    """A split whose examples carry their own canvas (`canvas` extra) as one cut split per canvas, smallest first;
+    any other split as [(None, data)]."""
+    if "canvas" not in data.extras:
+        return [(None, data)]
+    canvases = np.asarray(data.extras["canvas"])
+    out: list[tuple[int | None, PuzzleSet]] = []
+    for c in sorted(int(v) for v in np.unique(canvases)):
+        part = data.subset(np.flatnonzero(canvases == c))
+        out.append(
+            (c, PuzzleSet(crop(part.inputs, c), crop(part.labels, c), part.puzzle_ids, part.groups, part.extras))
+        )
+    return out

@@ -90,6 +90,9 @@ def build(data: DataConfig, out: Path) -> Path:
         return arc.build(
             out,
             source=data.arc_source,
+            subsets=data.arc_subsets or None,
+            test_set=data.arc_test_set,
+            canvas=data.arc_canvas,
             num_aug=data.num_aug,
             seed=data.seed,
             max_tasks=data.arc_max_tasks or None,
@@ -103,7 +106,11 @@ def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | N
     root = preset.cache_dir
     stamp = root / "data_config.json"
     wanted = {k: v for k, v in asdict(preset.data).items() if k != "cache_dir"}  # where, not what
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
+    # A field added to DataConfig since the cache was built is still at its default there, so it is filled in
+    # rather than taken for a change (a rebuild of the hard-Sudoku set takes minutes).
+    defaults = {k: v for k, v in asdict(DataConfig()).items() if k != "cache_dir"}
+    built = {**defaults, **json.loads(stamp.read_text())} if stamp.is_file() else None
+    if built != wanted:
         if root.exists():
             log.info("data config changed; rebuilding %s", root)
             shutil.rmtree(root)
