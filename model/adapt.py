@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from inference.halting import HaltingPolicy, first_halts
+from inference.halting import HaltingPolicy, HaltReason, first_halts
 from model.config import TRMConfig
 from model.factory import build_model
 from model.puzzles.arc import ArcTask, Grid, decode_grid, encode_grid
@@ -590,10 +590,24 @@ def fit_network(
     return copy.eval(), report
 
 
+@dataclass
+class VariantPredictions:
+    """What `predict_variants` read off every row: the answer where the policy halted it, and the whole trace."""
+
+    tokens: np.ndarray
+    """uint8 (R, L): each row's prediction at its halting step."""
+    probability: np.ndarray
+    """fp32 (R,): sigmoid(q_halt) at that step, which ranks a row's vote."""
+    steps: np.ndarray
+    """int64 (R,): supervision steps each row took (its halting step, 1-based)."""
+    halted_by: list[HaltReason]
+    trace: np.ndarray
+    """uint8 (steps, R, L) and `trace_probability` fp32 (steps, R): every step's prediction, for step-by-step views."""
+    trace_probability: np.ndarray
+
+
 @torch.inference_mode()
-def predict_variants(
-    model: TRM, inputs: Tensor, variant_of_row: Tensor, policy: HaltingPolicy
-) -> tuple[np.ndarray, np.ndarray]:
+def predict_variants(model: TRM, inputs: Tensor, variant_of_row: Tensor, policy: HaltingPolicy) -> VariantPredictions:
     """Run a `fit_network` copy on test inputs and read each row's answer where `policy` halts it.
 
     Every row runs `policy.max_steps` supervision steps with its variant's vector (the copy's puzzle table row);
@@ -606,10 +620,6 @@ def predict_variants(
         inputs: (R, L) test tokens of every variant (`variant_test_inputs`); any square L for a `conv` model.
         variant_of_row: (R,) variant (puzzle-table row) of each input.
         policy: when to halt.
-
-    Returns:
-        tokens uint8 (R, L) predicted at each row's halting step, and its halting probability sigmoid(q_halt)
-        fp32 (R,): what `predicted_grid` and `two_attempts` turn into the two ARC attempts.
     """
     device = next(model.parameters()).device
     inputs = inputs.to(device).long()
@@ -622,9 +632,9 @@ def predict_variants(
         answers.append(out.logits.argmax(-1).to(torch.uint8).cpu().numpy())
         probabilities.append(torch.sigmoid(model.halting_logit(out.q_halt, out.q_continue)).float().cpu().numpy())
     trace, prob_trace = np.stack(answers), np.stack(probabilities)  # (steps, R, L), (steps, R)
-    at, _ = first_halts(policy, prob_trace)
+    at, why = first_halts(policy, prob_trace)
     rows = np.arange(len(inputs))
-    return trace[at, rows], prob_trace[at, rows]
+    return VariantPredictions(trace[at, rows], prob_trace[at, rows], at + 1, why, trace, prob_trace)
 
 
 # ---------------------------------------------------------------------------------------------------- ARC

@@ -19,17 +19,18 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from inference.arc import ARC_DEFAULTS
+from inference.arc import ARC_DEFAULTS, ArcRecipe, UnseenAnswer, solve_unseen, unseen_variants
+from inference.halting import HaltingPolicy
 from model.adapt import demonstration_batch, fit_puzzle_vectors, frozen_copy, known_variants
 from model.puzzles.arc import ArcTask, parse_task
-from model.puzzles.augment import IDENTITY, Variant, make_variants, task_hash
+from model.puzzles.augment import Variant, task_hash
 from model.puzzles.base import PuzzleError
 from model.trm import TRM
 
@@ -51,6 +52,8 @@ class ArcPlan:
     mode: Mode
     task_id: str | None
     variants: list[Variant]
+    side: int
+    """The canvas the task runs on: the model's own, or for a size-agnostic model the one its grids need."""
     vectors: np.ndarray | None = None  # (V, hidden) fp32, one per variant; None until adaptation ran
     adapt_s: float = 0.0
     losses: list[float] = field(default_factory=list)
@@ -65,7 +68,7 @@ class ArcModel:
     """Per ARC model: the known-task index, the demonstration-hash index, and the adaptation copy."""
 
     def __init__(self, model: TRM, table: np.ndarray, identifiers: list[str], side: int, path: Path) -> None:
-        self.side = side
+        self.side = side  # the longest grid side the model takes
         self.table = table
         self._source = model
         self._copy: TRM | None = None
@@ -101,19 +104,45 @@ class ArcModel:
         return index
 
     # ---------------------------------------------------------------- planning
-    def plan(self, task: ArcTask, task_id: str | None, max_variants: int, adapt_variants: int) -> ArcPlan:
-        """Known rows for a named or recognised task; otherwise the variants to adapt (vectors still to fit)."""
+    def plan(self, task: ArcTask, task_id: str | None, max_variants: int, adapt_variants: int, side: int) -> ArcPlan:
+        """Known rows for a named or recognised task; otherwise the variants to adapt (vectors still to fit).
+        `side` is the canvas the task runs on."""
         if task_id is not None and task_id not in self.known:
             raise UnknownTask(task_id)
         if task_id is None and task.train:
             task_id = self.by_hash.get(_demo_hash(task))
         if task_id is not None:
             rows = self.known[task_id][:max_variants]
-            return ArcPlan("known", task_id, [v for _, v in rows], self.table[[r for r, _ in rows]].astype(np.float32))
-        variants = make_variants(task, adapt_variants, np.random.default_rng(ARC_DEFAULTS.variant_seed))
-        return ArcPlan("adapted", None, variants or [IDENTITY])
+            vectors = self.table[[r for r, _ in rows]].astype(np.float32)
+            return ArcPlan("known", task_id, [v for _, v in rows], side, vectors)
+        variants = unseen_variants(task, replace(ARC_DEFAULTS, variants=adapt_variants))
+        return ArcPlan("adapted", None, variants, side)
 
     # ---------------------------------------------------------------- adaptation
+    def _start(self) -> torch.Tensor | None:
+        """The vectors' starting point, computed once: the average trained embedding, a "typical task" the network
+        knows how to read."""
+        if self._init is None:
+            rows = self.table[1:] if len(self.table) > 1 else self.table
+            self._init = torch.as_tensor(rows.mean(axis=0), dtype=torch.float32)
+        return self._init
+
+    def solve(
+        self, task: ArcTask, plan: ArcPlan, budget_s: float, recipe: ArcRecipe, policy: HaltingPolicy
+    ) -> UnseenAnswer:
+        """Test-time training and answering of an unseen task (blocking; run it in a worker thread).
+
+        One task at a time per model (the lock): two fine-tunings side by side would each get half the CPU and
+        both overrun their budgets. The wait counts against the budget, so the whole call stays within it."""
+        start = time.monotonic()
+        with self._lock:
+            remaining = max(0.0, budget_s - (time.monotonic() - start))
+            answer = solve_unseen(self._source, task, plan.side, policy, remaining, recipe, self._start())
+        plan.variants = answer.variants
+        plan.adapt_s = time.monotonic() - start
+        plan.losses = answer.report.losses
+        return answer
+
     def adapt(
         self, task: ArcTask, plan: ArcPlan, steps: int, budget_s: float, lr: float, supervision_steps: int
     ) -> None:
@@ -122,10 +151,7 @@ class ArcModel:
         with self._lock:
             if self._copy is None:
                 self._copy = frozen_copy(self._source)
-                # Start from the average trained embedding: a "typical task" the network knows how to read.
-                rows = self.table[1:] if len(self.table) > 1 else self.table
-                self._init = torch.as_tensor(rows.mean(axis=0), dtype=torch.float32)
-            inputs, labels, which = demonstration_batch(task, plan.variants, self.side)
+            inputs, labels, which = demonstration_batch(task, plan.variants, plan.side)
             remaining = max(0.0, budget_s - (time.monotonic() - start))
             vectors, losses = fit_puzzle_vectors(
                 self._copy,
@@ -137,7 +163,7 @@ class ArcModel:
                 time_budget_s=remaining,
                 lr=lr,
                 supervision_steps=supervision_steps,
-                init=self._init,
+                init=self._start(),
             )
         plan.vectors = vectors.cpu().numpy()
         plan.losses = losses

@@ -35,6 +35,12 @@ class SolveRequest(BaseModel):
     )
     task: Any = Field(None, description='ARC: {"train": [{"input": G, "output": G}, ...], "test": [{"input": G}, ...]}')
     task_id: str | None = Field(None, max_length=128, description="ARC: a task the model was trained on")
+    adapt_budget_s: float | None = Field(
+        None,
+        ge=0.0,
+        description="ARC, a task the model never saw: seconds of test-time training and answering (default: the "
+        "server's arc_adapt_time_budget_s, at most its arc_adapt_max_budget_s); the request's deadline grows by it",
+    )
     model: ModelName | None = None
     # Strict: JSON `true` is not a step count and `1` or "yes" is not a flag (lax parsing would accept both).
     max_steps: int | None = Field(

@@ -33,7 +33,7 @@ class Service:
     def submit(self, prep: Prepared, jobs: list[Job] | None = None) -> None:
         """Queue every job of a request (or of one round of it), or none: a full queue rolls back the ones already
         queued."""
-        jobs = prep.jobs if jobs is None else jobs
+        jobs = [j for j in (prep.jobs if jobs is None else jobs) if not j.done]  # answered by test-time training
         try:
             for job in jobs:
                 self.scheduler.submit(prep.entry.pool or prep.entry.name, job)
@@ -54,7 +54,9 @@ def track(prep: Prepared, jobs: list[Job], scheduler: Scheduler) -> asyncio.Even
     request's other views."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    remaining = len(jobs)
+    remaining = sum(not job.done for job in jobs)
+    if remaining == 0:  # every job answered already (an unseen ARC task after test-time training)
+        done.set()
 
     def finished(job: Job) -> None:
         nonlocal remaining
@@ -93,7 +95,7 @@ async def wait(done: asyncio.Event, prep: Prepared, request: Request | None, ser
     forever; past the deadline plus `stall_grace_s` the request is cancelled and answered 504 without it.
     """
     settings = service.settings
-    give_up = prep.arrived + settings.request_timeout_s + settings.stall_grace_s
+    give_up = prep.deadline + settings.stall_grace_s
     cancelled = False
     while not done.is_set():
         if time.monotonic() >= give_up:
@@ -103,7 +105,7 @@ async def wait(done: asyncio.Event, prep: Prepared, request: Request | None, ser
             raise ApiError(
                 504,
                 "deadline_exceeded",
-                f"puzzle not finished within the {math.ceil(settings.request_timeout_s)} s deadline: "
+                f"puzzle not finished within the {math.ceil(prep.deadline - prep.arrived)} s deadline: "
                 f"the model step has been running for {service.scheduler.tick_running_s:.0f} s",
             )
         try:

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.arc import ARC_DEFAULTS
+from inference.arc import ARC_DEFAULTS, TTT, ArcRecipe
 from inference.canvas import DEFAULT_MAX_MAZE_SIDE
 from inference.escalation import DEFAULT_BUDGET_STEPS
 
@@ -98,15 +99,41 @@ class Settings(BaseSettings):
     """Known ARC tasks: trained variants (puzzle-table rows) run and voted per test input. The reference votes
     over up to 1001; 8 keeps a CPU answer within seconds, a GPU affords far more."""
     arc_variants: int = Field(ARC_DEFAULTS.variants, ge=1, le=1001)
-    """Unseen ARC tasks: augmented variants (identity included) fitted by test-time adaptation and voted."""
+    """Unseen ARC tasks: augmented variants (identity included) adapted to and voted."""
+    arc_ttt: TTT = ARC_DEFAULTS.ttt
+    """Unseen ARC tasks: fine-tune the network and the variants' vectors ("network"), or fit the vectors alone
+    with the network frozen ("vectors")."""
+    arc_adapt_time_budget_s: float = Field(ARC_DEFAULTS.adapt_time_budget_s, ge=0.0, le=3600.0)
+    """Seconds of test-time work for an unseen task when the request does not say (`adapt_budget_s`): fine-tuning
+    and answering ("network"), the fit ("vectors"). The request's deadline is extended by it."""
+    arc_adapt_max_budget_s: float = Field(120.0, ge=0.0, le=3600.0)
+    """The largest `adapt_budget_s` a request may ask for; more gets a 422 naming this setting."""
     arc_adapt_steps: int = Field(ARC_DEFAULTS.adapt_steps, ge=0, le=100_000)
-    """Optimiser steps of test-time adaptation at most (0 answers with the average trained embedding)."""
-    arc_adapt_time_budget_s: float = Field(ARC_DEFAULTS.adapt_time_budget_s, ge=0.0, le=120.0)
-    """Wall-clock cap of one adaptation; it never takes more than half of what is left of the request deadline."""
+    """Optimiser steps at most: of each leave-one-out fold and of the final fit ("network"), of the fit
+    ("vectors")."""
     arc_adapt_lr: float = Field(ARC_DEFAULTS.adapt_lr, gt=0.0, le=1.0)
+    """Adam learning rate of the network's weights in fine-tuning."""
+    arc_vector_lr: float = Field(ARC_DEFAULTS.vector_lr, gt=0.0, le=1.0)
     """Adam learning rate of the fitted puzzle vectors."""
+    arc_adapt_batch: int = Field(ARC_DEFAULTS.adapt_batch, ge=1, le=4096)
+    """Demonstration rows per optimiser step of fine-tuning."""
     arc_adapt_supervision_steps: int = Field(ARC_DEFAULTS.adapt_supervision_steps, ge=1, le=16)
     """Supervision steps per adaptation step, carrying the carry forward; each one multiplies its cost."""
+
+    def arc_recipe(self) -> ArcRecipe:
+        """The ARC recipe these settings give (`inference.arc`): what `solve_unseen` and the adaptation run with."""
+        return replace(
+            ARC_DEFAULTS,
+            known_variants=self.arc_max_variants,
+            variants=self.arc_variants,
+            ttt=self.arc_ttt,
+            adapt_time_budget_s=self.arc_adapt_time_budget_s,
+            adapt_steps=self.arc_adapt_steps,
+            adapt_lr=self.arc_adapt_lr,
+            vector_lr=self.arc_vector_lr,
+            adapt_batch=self.arc_adapt_batch,
+            adapt_supervision_steps=self.arc_adapt_supervision_steps,
+        )
 
     @model_validator(mode="after")
     def _metrics_key(self) -> Settings:

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from inference.arc import UnseenAnswer
 from inference.escalation import Escalation
 from inference.halting import HaltingPolicy, HaltReason
 from inference.views import apply_view, choose, invert_view, views_for
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
-from model.puzzles.arc import ArcTask, decode_grid
+from model.puzzles.arc import ArcTask, decode_grid, needed_side, parse_task
 from model.puzzles.base import PuzzleError
 from model.puzzles.maze import solved_side
 from server.arc import ArcModel, ArcPlan, UnknownTask
@@ -76,12 +77,25 @@ class Prepared:
     policy: HaltingPolicy | None = None
     escalation: Escalation | None = None
     """Sudoku and maze under adaptive halting: how far past the first round an unverified puzzle may go."""
+    deadline: float = math.inf
+    """When the request must be answered (time.monotonic()): `request_timeout_s` after arrival, plus the test-time
+    work granted to an unseen ARC task (`adapt_budget_s`)."""
+    adapt_budget_s: float = 0.0
+    """ARC, unseen task: seconds of test-time work granted."""
 
 
 def _side_of(req: SolveRequest) -> int | None:
-    """Grid side a maze request is solved at (inside its wall ring, if it has one), to pick a model that fits
-    before parsing."""
-    return solved_side(req.grid) if req.puzzle == "maze" else None
+    """Grid side a request is solved at, to pick a model (and a size-agnostic model's canvas) that fits before
+    parsing: a maze's inside its wall ring, if it has one; the longest side an ARC task needs (`needed_side`).
+    None where it cannot be told yet: parsing then names what is wrong."""
+    if req.puzzle == "maze":
+        return solved_side(req.grid)
+    if req.puzzle == "arc" and req.task is not None:
+        try:
+            return needed_side(parse_task(req.task))
+        except PuzzleError:
+            return None
+    return None
 
 
 class Solver:
@@ -95,7 +109,7 @@ class Solver:
                 entry.checkpoint.model,
                 entry.engine.table,
                 entry.identifiers,
-                entry.codec.side,  # type: ignore[attr-defined]
+                (entry.canvases[-1] if entry.canvases else entry).codec.fits,  # type: ignore[attr-defined]
                 entry.checkpoint.path,
             )
             for name, entry in registry.models.items()
@@ -104,6 +118,9 @@ class Solver:
 
     def prepare(self, req: SolveRequest, arrived: float | None = None) -> Prepared:
         arrived = arrived if arrived is not None else time.monotonic()
+        if req.adapt_budget_s is not None and req.puzzle != "arc":
+            message = "adapt_budget_s applies to ARC tasks (test-time training); sudoku and maze have none"
+            raise ApiError(422, "invalid_request", message, "adapt_budget_s")
         try:
             entry = self.registry.pick(req.puzzle, req.model, _side_of(req))
         except KeyError as exc:
@@ -138,7 +155,7 @@ class Solver:
             raise ApiError(422, "invalid_request", message, "budget.steps")
         views = req.views or self.settings.default_views
         policy = entry.policy(views, req.halt, req.max_steps)
-        prep = Prepared(req, entry, puzzle, [], arrived, policy=policy)
+        prep = Prepared(req, entry, puzzle, [], arrived, policy=policy, deadline=deadline)
         prep.tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
         if policy.checks_answers and budget:
             prep.escalation = Escalation(budget, views_for(entry.family))
@@ -174,14 +191,22 @@ class Solver:
         """Plan the task (known rows, or variants to adapt); jobs now for a known task, after `adapt` otherwise."""
         s = self.settings
         try:
-            plan = self.arc_models[entry.name].plan(task, req.task_id, s.arc_max_variants, s.arc_variants)
+            side: int = entry.codec.side  # type: ignore[attr-defined]
+            plan = self.arc_models[entry.name].plan(task, req.task_id, s.arc_max_variants, s.arc_variants, side)
         except UnknownTask as exc:
             message = (
                 f"model {entry.name!r} was not trained on task {req.task_id!r}; "
                 "leave task_id out to adapt to the task's demonstrations instead"
             )
             raise ApiError(404, "unknown_task", message, "task_id") from exc
-        prep = Prepared(req, entry, task, [], arrived, arc=plan)
+        budget = s.arc_adapt_time_budget_s if req.adapt_budget_s is None else req.adapt_budget_s
+        if budget > s.arc_adapt_max_budget_s:
+            limit = s.arc_adapt_max_budget_s
+            message = f"adapt_budget_s is {budget:g}, at most {limit:g} (setting arc_adapt_max_budget_s)"
+            raise ApiError(422, "invalid_request", message, "adapt_budget_s")
+        granted = budget if plan.vectors is None else 0.0
+        deadline = arrived + s.request_timeout_s + granted
+        prep = Prepared(req, entry, task, [], arrived, arc=plan, deadline=deadline, adapt_budget_s=granted)
         if plan.vectors is not None:
             self._arc_jobs(prep)
         return prep
@@ -198,16 +223,18 @@ class Solver:
                 vector=plan.vectors[v],
                 policy=policy,
                 record_steps=i == 0 and (req.return_steps or req.stream),
-                deadline=prep.arrived + self.settings.request_timeout_s,
+                deadline=prep.deadline,
             )
             for i, (row, (_, v)) in enumerate(zip(tokens, prep.job_keys, strict=True))
         ]
 
     async def adapt(self, prep: Prepared) -> None:
-        """For an unseen ARC task, fit its variants' vectors in a worker thread, then build its jobs.
+        """For an unseen ARC task, adapt to its demonstrations in a worker thread within the granted budget.
 
-        The fit gets `arc_adapt_time_budget_s`, but never more than half of what is left of the request's
-        deadline, so the steps that follow have time to run. A known task (or any other puzzle) is left alone.
+        With `arc_ttt = "network"` the worker fine-tunes a copy of the network and answers every (test input,
+        variant) with it (`inference.arc.solve_unseen`): the request's jobs come back already answered and never
+        queue. With "vectors" it fits the variants' vectors, then the jobs queue like a known task's. A known task
+        (or any other puzzle) is left alone.
         """
         plan = prep.arc
         if plan is None:
@@ -215,22 +242,56 @@ class Solver:
         name = prep.entry.name
         if plan.vectors is None:
             s = self.settings
-            left = prep.arrived + s.request_timeout_s - time.monotonic()
-            budget = max(0.0, min(s.arc_adapt_time_budget_s, left / 2))
-            await asyncio.to_thread(
-                self.arc_models[name].adapt,
-                prep.puzzle,
-                plan,
-                s.arc_adapt_steps,
-                budget,
-                s.arc_adapt_lr,
-                s.arc_adapt_supervision_steps,
-            )
-            self._arc_jobs(prep)
+            arc_model = self.arc_models[name]
+            if s.arc_ttt == "network":
+                policy = prep.entry.policy(1, prep.request.halt, prep.request.max_steps)
+                answer = await asyncio.to_thread(
+                    arc_model.solve, prep.puzzle, plan, prep.adapt_budget_s, s.arc_recipe(), policy
+                )
+                self._answered_jobs(prep, answer, policy)
+            else:
+                await asyncio.to_thread(
+                    arc_model.adapt,
+                    prep.puzzle,
+                    plan,
+                    s.arc_adapt_steps,
+                    prep.adapt_budget_s,
+                    s.arc_vector_lr,
+                    s.arc_adapt_supervision_steps,
+                )
+                self._arc_jobs(prep)
             if self.metrics is not None:
                 self.metrics.adapt_duration.labels(name).observe(plan.adapt_s)
         if self.metrics is not None:
             self.metrics.adapt.labels(name, plan.mode).inc()
+
+    def _answered_jobs(self, prep: Prepared, answer: UnseenAnswer, policy: HaltingPolicy) -> None:
+        """The jobs of a task answered by test-time training: one per (test input, variant), finished, with the
+        first one's steps recorded when the request asked for them."""
+        assert prep.arc is not None
+        req, now = prep.request, time.monotonic()
+        prep.job_keys = answer.keys
+        prep.jobs = []
+        for r in range(len(answer.keys)):
+            job = Job(
+                tokens=answer.trace[0, r].astype(np.int64),
+                vector=np.zeros(0, np.float32),
+                policy=policy,
+                record_steps=r == 0 and (req.return_steps or req.stream),
+                deadline=prep.deadline,
+            )
+            used = int(answer.steps[r])
+            job.answer = answer.trace[used - 1, r].astype(np.int64)
+            job.halt_probability = float(answer.probability[r])
+            job.steps_used, job.halted_by = used, answer.halted_by[r]
+            job.outcome, job.started_at, job.finished_at = Outcome.ANSWERED, now, now
+            job.compute_s = max(0.0, answer.seconds - answer.report.total_s)  # answering; the fit is adapt_ms
+            if job.record_steps:
+                job.steps = [
+                    StepRecord(s + 1, answer.trace[s, r].astype(np.int64), float(answer.trace_probability[s, r]))
+                    for s in range(used)
+                ]
+            prep.jobs.append(job)
 
     def _arc_solution(self, prep: Prepared) -> list[dict[str, Any]]:
         """Each test input's variants mapped back to the task's frame and voted into attempt_1 and attempt_2."""

@@ -29,6 +29,8 @@ def stream(service: Service, prep: Prepared, request: Request) -> StreamingRespo
 
     for job in prep.jobs:
         job.on_step = on_step
+    for record in main.steps if main.done else []:  # answered before streaming began (test-time training)
+        events.put_nowait(("step", record))
     done = track(prep, prep.jobs, service.scheduler)
     service.submit(prep)  # a full queue is a plain 503 here, before any event is sent
     waiter = asyncio.ensure_future(rounds(done, prep, None, service))

@@ -103,7 +103,8 @@ def answers(model: TRM, task: ArcTask, side: int = SIDE) -> list[list[list[list[
     """The two voted attempts of every test input, read where the Q head halts (threshold 0.5, 4 steps at most)."""
     inputs, keys = variant_test_inputs(task, VARIANTS, side)
     variant_of_row = torch.as_tensor([v for _, v in keys])
-    tokens, probs = predict_variants(model, torch.as_tensor(inputs), variant_of_row, HaltingPolicy(0.5, 4, "q_head"))
+    predicted = predict_variants(model, torch.as_tensor(inputs), variant_of_row, HaltingPolicy(0.5, 4, "q_head"))
+    tokens, probs = predicted.tokens, predicted.probability
     result = []
     for t, pair in enumerate(task.test):
         candidates = [
@@ -266,7 +267,9 @@ def test_predictions_are_read_where_the_halting_policy_stops_each_row() -> None:
     halts_at = [next((s for s in range(3) if trace_probs[s][r] >= threshold), 2) for r in range(len(inputs))]
     assert len(set(halts_at)) > 1  # the case tells "first step over the threshold" from "always the last"
 
-    tokens, probs = predict_variants(model, inputs, variant_of_row, HaltingPolicy(threshold, 3, "q_head"))
+    predicted = predict_variants(model, inputs, variant_of_row, HaltingPolicy(threshold, 3, "q_head"))
 
     for r, s in enumerate(halts_at):
-        assert np.array_equal(tokens[r], trace[s][r]) and probs[r] == pytest.approx(trace_probs[s][r])
+        assert np.array_equal(predicted.tokens[r], trace[s][r])
+        assert predicted.probability[r] == pytest.approx(trace_probs[s][r]) and predicted.steps[r] == s + 1
+        assert np.array_equal(predicted.trace[s, r], trace[s][r])

@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.arc import ARC_DEFAULTS
+from inference.arc import ARC_DEFAULTS, TTT, ArcRecipe, solve_unseen
+from inference.canvas import canvas_for
 from inference.halting import DEFAULT_HALT_THRESHOLD, HaltingPolicy, HaltMode
 from model.adapt import (
     demonstration_batch,
@@ -45,7 +46,7 @@ from model.adapt import (
 )
 from model.checkpoint import Checkpoint
 from model.config import TRMConfig
-from model.puzzles.arc import ArcTask, Grid, encode_grid, parse_task, side_from_seq_len
+from model.puzzles.arc import MAX_SIDE, ArcTask, Grid, encode_grid, needed_side, parse_task, side_from_seq_len
 from model.puzzles.augment import Variant, apply_variant, make_variants
 from model.puzzles.base import PuzzleError
 from model.trm import TRM
@@ -62,21 +63,40 @@ class AdaptOptions:
     """Test-time adaptation per task (`adapt` mode); the defaults are the server's (`inference.arc`)."""
 
     variants: int = ARC_DEFAULTS.variants
-    steps: int = ARC_DEFAULTS.adapt_steps
+    ttt: TTT = ARC_DEFAULTS.ttt
     time_budget_s: float = ARC_DEFAULTS.adapt_time_budget_s
+    steps: int = ARC_DEFAULTS.adapt_steps
     lr: float = ARC_DEFAULTS.adapt_lr
+    vector_lr: float = ARC_DEFAULTS.vector_lr
+    batch: int = ARC_DEFAULTS.adapt_batch
     supervision_steps: int = ARC_DEFAULTS.adapt_supervision_steps
     seed: int = ARC_DEFAULTS.variant_seed
+
+    def recipe(self) -> ArcRecipe:
+        """These options as the recipe `inference.arc.solve_unseen` runs (the server builds its own from settings)."""
+        return replace(
+            ARC_DEFAULTS,
+            variants=self.variants,
+            ttt=self.ttt,
+            adapt_time_budget_s=self.time_budget_s,
+            adapt_steps=self.steps,
+            adapt_lr=self.lr,
+            vector_lr=self.vector_lr,
+            adapt_batch=self.batch,
+            adapt_supervision_steps=self.supervision_steps,
+            variant_seed=self.seed,
+        )
 
 
 @dataclass
 class _Rows:
-    """The evaluation rows being assembled: one per (task, test input, variant)."""
+    """The evaluation rows being assembled: one per (task, test input, variant), on each task's canvas."""
 
     inputs: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     puzzle_ids: list[int] = field(default_factory=list)
     keys: list[tuple[str, int, Variant]] = field(default_factory=list)  # (task, test input, variant)
+    sides: list[int] = field(default_factory=list)
 
     def add(self, name: str, task: ArcTask, variants: list[Variant], ids: list[int], side: int) -> None:
         tokens, keys = variant_test_inputs(task, variants, side)
@@ -87,13 +107,23 @@ class _Rows:
             self.labels.append(empty if output is None else encode_grid(apply_variant(output, variants[v]), side))
             self.puzzle_ids.append(ids[v])
             self.keys.append((name, t, variants[v]))
+            self.sides.append(side)
 
-    def puzzle_set(self, side: int) -> PuzzleSet:
-        empty = np.zeros((0, side * side), np.uint8)
-        inputs = np.stack(self.inputs) if self.inputs else empty
-        labels = np.stack(self.labels) if self.labels else empty
-        ids = np.array(self.puzzle_ids, np.int32)
-        return PuzzleSet(inputs, labels, ids, np.zeros(len(ids), np.int32))
+    def by_side(self) -> list[tuple[int, np.ndarray, PuzzleSet]]:
+        """(canvas side, row indices, rows as a puzzle set) per canvas: a batch needs one shape."""
+        sides = np.array(self.sides, np.int64)
+        out = []
+        for side in sorted(set(self.sides)):
+            index = np.flatnonzero(sides == side)
+            ids = np.array([self.puzzle_ids[i] for i in index], np.int32)
+            data = PuzzleSet(
+                np.stack([self.inputs[i] for i in index]),
+                np.stack([self.labels[i] for i in index]),
+                ids,
+                np.zeros(len(ids), np.int32),
+            )
+            out.append((side, index, data))
+        return out
 
 
 def load_arc_tasks(spec: str, subset: str | None = None) -> tuple[dict[str, RawTask], list[str] | None]:
@@ -112,6 +142,14 @@ def load_arc_tasks(spec: str, subset: str | None = None) -> tuple[dict[str, RawT
     if subset not in subsets:
         raise ValueError(f"choose --arc-subset from {sorted(subsets)} of {spec!r}")
     return dict(subsets[subset].tasks), None
+
+
+def task_canvas(config: TRMConfig, task: ArcTask) -> int:
+    """The canvas a task runs on: the model's own, or for a size-agnostic model the smallest of its canvases that
+    holds the task (`inference.canvas`), as the server picks it."""
+    if config.mixer != "conv":
+        return side_from_seq_len(config.seq_len)
+    return canvas_for(needed_side(task), config.grid_side, MAX_SIDE)
 
 
 def evaluate_arc(
@@ -133,7 +171,8 @@ def evaluate_arc(
     Args:
         model: an ARC checkpoint's model.
         tasks: raw tasks by id; test outputs, where present, are the answers.
-        mode: "known" (trained rows named by `identifiers`) or "adapt" (vectors fitted per task).
+        mode: "known" (trained rows named by `identifiers`) or "adapt" (each task treated as unseen: test-time
+            training of the network, `inference.arc.solve_unseen`, or vectors fitted to the frozen network).
         identifiers: names of the model's puzzle-table rows (known mode).
         max_variants: variants per task at most in known mode (0 = every trained one).
         adapt: adaptation settings (adapt mode).
@@ -145,35 +184,57 @@ def evaluate_arc(
     """
     device = device or next(model.parameters()).device
     config: TRMConfig = model.config
-    side = side_from_seq_len(config.seq_len)
+    largest = MAX_SIDE if config.mixer == "conv" else side_from_seq_len(config.seq_len)
     adapt = adapt or AdaptOptions()
+    recipe = adapt.recipe()
     known = known_variants(identifiers or [])
     rows, skipped, unknown = _Rows(), [], []
     parsed: dict[str, ArcTask | None] = {}
-    fitted: list[torch.Tensor] = []  # adapt mode: the vectors, row i+1 of the evaluation table
+    fitted: list[torch.Tensor] = []  # vectors mode: the vectors, row i+1 of the evaluation table
     adapt_seconds: list[float] = []
+    # ARC has no rule check: its variants halt by the Q head at the reference's 0.5, or run every step.
+    policy = HaltingPolicy(DEFAULT_HALT_THRESHOLD, max_steps or config.halt_max_steps, halt)
+    candidates: dict[tuple[str, int], list[tuple[Grid | None, float]]] = {}
+    trained: torch.Tensor = model.puzzle_emb
+    init = trained[1:].mean(0) if len(trained) > 1 else None  # the average trained embedding, as the server
     runner: TRM = model
-    init: torch.Tensor | None = None
-    if mode == "adapt":
+    if mode == "adapt" and adapt.ttt == "vectors":
         runner = frozen_copy(model, device)
-        table: torch.Tensor = model.puzzle_emb
-        init = table[1:].mean(0) if len(table) > 1 else None  # the average trained embedding, as the server
+    ttt_exact, ttt_steps = [], []
+    cell_right, cell_total = 0, 0
     for name in tqdm(sorted(tasks), desc="tasks", disable=not progress, leave=False, file=sys.stderr):
         try:
-            task = parse_task(tasks[name], side, field=name)
+            task = parse_task(tasks[name], largest, field=name)
         except PuzzleError:
             parse_task(tasks[name], field=name)  # re-raises unless the task is only too large for the canvas
             parsed[name] = None
             skipped.append(name)
             continue
         parsed[name] = task
+        side = task_canvas(config, task)
         if mode == "known":
             if name not in known:
                 parsed[name] = None
                 unknown.append(name)
                 continue
-            trained = known[name][: max_variants or None]
-            rows.add(name, task, [v for _, v in trained], [r for r, _ in trained], side)
+            kept = known[name][: max_variants or None]
+            rows.add(name, task, [v for _, v in kept], [r for r, _ in kept], side)
+            continue
+        if adapt.ttt == "network":
+            answer = solve_unseen(model, task, side, policy, adapt.time_budget_s, recipe, init)
+            adapt_seconds.append(answer.seconds)
+            for t in range(len(task.test)):
+                candidates[(name, t)] = answer.candidates(t)
+            for r, (t, v) in enumerate(answer.keys):
+                output = task.test[t].output
+                ttt_steps.append(int(answer.steps[r]))
+                if output is None:
+                    continue
+                ttt_exact.append(answer.grids[r] == output.tolist())
+                label = encode_grid(apply_variant(output, answer.variants[v]), side)
+                valid = label != 0
+                cell_right += int(((answer.trace[answer.steps[r] - 1, r] == label) & valid).sum())
+                cell_total += int(valid.sum())
             continue
         variants = make_variants(task, adapt.variants, np.random.default_rng(adapt.seed))
         inputs, labels, which = demonstration_batch(task, variants, side)
@@ -186,7 +247,7 @@ def evaluate_arc(
             len(variants),
             steps=adapt.steps,
             time_budget_s=adapt.time_budget_s,
-            lr=adapt.lr,
+            lr=adapt.vector_lr,
             supervision_steps=adapt.supervision_steps,
             init=init,
         )
@@ -195,21 +256,28 @@ def evaluate_arc(
         fitted.append(vectors)
         rows.add(name, task, variants, list(range(first, first + len(variants))), side)
 
-    if mode == "adapt":
+    if mode == "adapt" and adapt.ttt == "vectors":
         hidden = config.hidden_size
         runner.puzzle_emb = torch.cat([torch.zeros(1, hidden, device=device), *fitted])
-    data = rows.puzzle_set(side)
-    # ARC has no rule check: its variants halt by the Q head at the reference's 0.5, or run every step.
-    policy = HaltingPolicy(DEFAULT_HALT_THRESHOLD, max_steps or config.halt_max_steps, halt)
-    result = evaluate_model(
-        runner, data, batch_size, device, policy, dtype=dtype, progress=progress, keep_predictions=True
-    )
-    preds = result["adaptive_predictions"] if halt != "never" else result["predictions"]
-    probs = result["adaptive_q"] if halt != "never" else result["q"]
+    exact_rows, steps_sum, seconds = [], 0.0, 0.0
+    for side, index, data in rows.by_side():
+        result = evaluate_model(
+            runner, data, batch_size, device, policy, dtype=dtype, progress=progress, keep_predictions=True
+        )
+        preds = result["adaptive_predictions"] if halt != "never" else result["predictions"]
+        probs = result["adaptive_q"] if halt != "never" else result["q"]
+        for i, row in enumerate(index):
+            name, t, variant = rows.keys[row]
+            candidates.setdefault((name, t), []).append((predicted_grid(preds[i], variant, side), float(probs[i])))
+        labels = np.asarray(data.labels)
+        labelled = labels.any(axis=1)
+        valid = labels[labelled] != 0
+        right = (np.asarray(preds)[labelled] == labels[labelled]) & valid
+        exact_rows += (right.sum(1) == valid.sum(1)).tolist()
+        cell_right, cell_total = cell_right + int(right.sum()), cell_total + int(valid.sum())
+        steps_sum += headline(result, halt)["mean_steps"] * len(data)
+        seconds += result["seconds"]
 
-    candidates: dict[tuple[str, int], list[tuple[Grid | None, float]]] = {}
-    for i, (name, t, variant) in enumerate(rows.keys):
-        candidates.setdefault((name, t), []).append((predicted_grid(preds[i], variant, side), float(probs[i])))
     submission: dict[str, list[dict[str, Grid]]] = {}
     task_pass1, task_pass2 = [], []
     test_inputs = 0
@@ -229,36 +297,29 @@ def evaluate_arc(
             task_pass1.append(float(np.mean(hits1)))
             task_pass2.append(float(np.mean(hits2)))
 
-    labelled = data.labels.any(axis=1) if len(data) else np.zeros(0, bool)
-    exact, cells = _accuracy(np.asarray(preds)[labelled], np.asarray(data.labels)[labelled])
-    summary = {
+    variant_rows = len(rows.keys) + len(ttt_steps)
+    summary: dict[str, Any] = {
         "arc_mode": mode,
         "halt": halt,
         "pass@1": float(np.mean(task_pass1)) if task_pass1 else 0.0,
         "pass@2": float(np.mean(task_pass2)) if task_pass2 else 0.0,
-        "exact_accuracy": exact,  # per variant, before voting
-        "cell_accuracy": cells,
-        "mean_steps": headline(result, halt)["mean_steps"],
+        "exact_accuracy": float(np.mean(exact_rows + ttt_exact)) if exact_rows or ttt_exact else 0.0,  # per variant
+        "cell_accuracy": cell_right / max(1, cell_total),
+        "mean_steps": (steps_sum + sum(ttt_steps)) / max(1, variant_rows),
         "tasks": len(tasks),
         "scored_tasks": len(task_pass1),
         "test_inputs": test_inputs,
-        "variants_per_test_input": len(rows.keys) / max(1, sum(len(t.test) for t in parsed.values() if t)),
+        "variants_per_test_input": variant_rows / max(1, sum(len(t.test) for t in parsed.values() if t)),
         "skipped_tasks": skipped,
         "unknown_tasks": unknown,
-        "seconds": result["seconds"] + round(sum(adapt_seconds), 2),
+        "seconds": round(seconds + sum(adapt_seconds), 2),
     }
     if mode == "adapt":
+        summary["ttt"] = adapt.ttt
+        summary["adapt_budget_s"] = adapt.time_budget_s
         summary["adapt_seconds_per_task"] = round(float(np.mean(adapt_seconds)), 3) if adapt_seconds else 0.0
+        summary["adapt_seconds_max"] = round(float(np.max(adapt_seconds)), 3) if adapt_seconds else 0.0
     return summary, submission
-
-
-def _accuracy(preds: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Exact-match and per-cell accuracy over the labelled (non-PAD) tokens of the rows that have an answer."""
-    if len(labels) == 0:
-        return 0.0, 0.0
-    valid = labels != 0
-    right = (preds == labels) & valid
-    return float((right.sum(1) == valid.sum(1)).mean()), float(right.sum() / max(1, valid.sum()))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -273,9 +334,22 @@ def add_arc_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"variants per task, as the server's defaults: known mode at most {ARC_DEFAULTS.known_variants} "
         f"trained rows, adapt {ARC_DEFAULTS.variants} augmentations",
     )
+    group.add_argument(
+        "--ttt",
+        choices=["network", "vectors"],
+        default=AdaptOptions.ttt,
+        help="adapt mode: fine-tune the network and the vectors (the server's default), or the vectors alone",
+    )
     group.add_argument("--adapt-steps", type=int, default=AdaptOptions.steps)
-    group.add_argument("--adapt-time-budget", type=float, default=AdaptOptions.time_budget_s, help="seconds per task")
-    group.add_argument("--adapt-lr", type=float, default=AdaptOptions.lr)
+    group.add_argument(
+        "--adapt-time-budget",
+        type=float,
+        default=AdaptOptions.time_budget_s,
+        help="seconds of test-time work per task (network: fine-tuning and answering)",
+    )
+    group.add_argument("--adapt-lr", type=float, default=AdaptOptions.lr, help="network weights (network mode)")
+    group.add_argument("--adapt-vector-lr", type=float, default=AdaptOptions.vector_lr)
+    group.add_argument("--adapt-batch", type=int, default=AdaptOptions.batch)
     group.add_argument("--adapt-supervision-steps", type=int, default=AdaptOptions.supervision_steps)
     group.add_argument("--seed", type=int, default=AdaptOptions.seed, help="seeds the adaptation variants")
 
@@ -295,9 +369,12 @@ def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dt
         raise SystemExit(f"--arc-mode known needs {weights / 'identifiers.json'} (names of the puzzle-table rows)")
     adapt = AdaptOptions(
         variants=args.arc_variants or AdaptOptions.variants,
+        ttt=args.ttt,
         steps=args.adapt_steps,
         time_budget_s=args.adapt_time_budget,
         lr=args.adapt_lr,
+        vector_lr=args.adapt_vector_lr,
+        batch=args.adapt_batch,
         supervision_steps=args.adapt_supervision_steps,
         seed=args.seed,
     )

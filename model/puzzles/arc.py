@@ -26,6 +26,9 @@ EOS = 1
 COLOR_OFFSET = 2  # token = colour + 2, so colours 0..9 are tokens 2..11
 NUM_COLORS = 10
 MAX_SIDE = 30  # ARC grids are at most 30x30; the reference canvas is 30x30 = 900 tokens
+MAX_CANVAS = 32
+"""The largest canvas a size-agnostic model lays a task on: a 30x30 grid, its EOS border and padding to a
+multiple of 8 (`inference.canvas.canvas_sides`)."""
 
 Grid = list[list[int]]
 
@@ -50,11 +53,12 @@ class ArcTask:
         return self.train + self.test
 
 
-def side_from_seq_len(seq_len: int) -> int:
-    """Canvas side for a sequence length; ARC canvases are square and at most 30x30 (tiny test models use less)."""
+def side_from_seq_len(seq_len: int, largest: int = MAX_SIDE) -> int:
+    """Canvas side for a sequence length; ARC canvases are square and at most 30x30 (tiny test models use less),
+    or `largest` (`MAX_CANVAS` for a size-agnostic model's canvases)."""
     side = math.isqrt(seq_len)
-    if side * side != seq_len or not 1 <= side <= MAX_SIDE:
-        raise ValueError(f"ARC needs a square seq_len with side 1..{MAX_SIDE}, got {seq_len}")
+    if side * side != seq_len or not 1 <= side <= largest:
+        raise ValueError(f"ARC needs a square seq_len with side 1..{largest}, got {seq_len}")
     return side
 
 
@@ -196,12 +200,15 @@ class ArcCodec(Codec):
     family: ClassVar[str] = "arc"
     vocab_size: ClassVar[int] = 12  # PAD, EOS, colours 0..9
 
-    def __init__(self, seq_len: int = MAX_SIDE * MAX_SIDE) -> None:
+    def __init__(self, seq_len: int = MAX_SIDE * MAX_SIDE, margin: int = 0) -> None:
         super().__init__(seq_len)
-        self.side = side_from_seq_len(seq_len)
+        self.side = side_from_seq_len(seq_len, MAX_CANVAS if margin else MAX_SIDE)
+        self.fits = min(self.side - margin, MAX_SIDE)
+        """The longest grid side this canvas takes: all of it for the reference layout, where a grid may touch
+        the edge; less the `margin` a size-agnostic model keeps between a grid and its wrapped copy."""
 
     def parse(self, raw: Any) -> ArcTask:
-        return parse_task(raw, self.side)
+        return parse_task(raw, self.fits)
 
     def encode(self, puzzle: ArcTask) -> np.ndarray:
         """Tokens of the FIRST test input; see `encode_test_inputs` for tasks with several."""

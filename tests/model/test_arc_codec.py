@@ -155,3 +155,24 @@ def test_needed_side_foresees_outputs_scaled_like_the_demonstrations() -> None:
     assert needed_side(task([(5, 5), (7, 7)], 6)) == 7
     assert needed_side(task([(3, 9), (2, 4)], 4)) == 9  # no common factor: the largest grid decides
     assert needed_side(task([(10, 30)], 12)) == 30
+
+
+def test_size_agnostic_canvases_round_trip_30x30_grids_and_outputs_larger_than_inputs() -> None:
+    """A size-agnostic model's canvas keeps a one-cell margin (its EOS border) and may be 32 wide: a 30x30 grid
+    and a 4x4 input whose 12x12 output the demonstrations foresee both round-trip through the canvas they get."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 10, (30, 30))
+    codec = ArcCodec(32 * 32, margin=1)
+    assert (codec.side, codec.fits) == (32, 30)
+    assert decode_grid(encode_grid(big, 32), 32) == big.tolist()
+    small = rng.integers(0, 10, (4, 4))
+    output = np.kron(small, np.ones((3, 3), np.int64))
+    demo = ArcPair(np.zeros((3, 3), np.uint8), np.zeros((9, 9), np.uint8))
+    side = needed_side(ArcTask((demo,), (ArcPair(small.astype(np.uint8)),)))
+    canvas = ArcCodec(20 * 20, margin=1)
+    assert side == 12 <= canvas.fits
+    assert decode_grid(encode_grid(output, 20), 20) == output.tolist()
+    with pytest.raises(PuzzleError, match="exceeds 19x19"):
+        canvas.parse(_task(test=[{"input": [[1] * 20]}]))
+    with pytest.raises(ValueError, match="square seq_len"):
+        ArcCodec(33 * 33, margin=1)
