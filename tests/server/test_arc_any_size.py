@@ -47,7 +47,10 @@ GROWING = {  # 3x3 -> 9x9: the test output (12x12) is larger than any given grid
     "train": [{"input": grid(3, 3, s), "output": scaled(grid(3, 3, s), 3)} for s in range(2)],
     "test": [{"input": grid(4, 4, 7)}, {"input": grid(2, 2, 8)}],
 }
-SMALL = {"train": [{"input": grid(3, 4, s), "output": grid(4, 3, s + 1)} for s in range(2)], "test": [{"input": grid(3, 4, 9)}]}
+SMALL = {
+    "train": [{"input": grid(3, 4, s), "output": grid(4, 3, s + 1)} for s in range(2)],
+    "test": [{"input": grid(3, 4, 9)}],
+}
 
 
 @pytest.fixture(scope="module")
