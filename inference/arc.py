@@ -110,7 +110,8 @@ def solve_unseen(
 
     Answering is timed first, with one supervision step of every test row on the untouched network, so the fit gets
     the budget less what answering will cost (with a fifth to spare: the CPUs are shared); when answering alone
-    would overrun, the horizon is cut to what fits, one step at least. `model` is never modified.
+    would overrun, the horizon is cut to what fits, and a step that would still end past the budget is not started
+    (one step always runs). `model` is never modified.
 
     Args:
         model: the checkpoint's model (any mixer; a `conv` model runs on the task's canvas `side`).
@@ -152,7 +153,7 @@ def solve_unseen(
         init=init,
         seed=recipe.variant_seed,
     )
-    predicted = predict_variants(copy, inputs, which, replace(policy, max_steps=steps))
+    predicted = predict_variants(copy, inputs, which, replace(policy, max_steps=steps), deadline=start + budget_s)
     grids = [predicted_grid(predicted.tokens[r], variants[v], side) for r, (_, v) in enumerate(keys)]
     return UnseenAnswer(
         variants,

@@ -607,7 +607,9 @@ class VariantPredictions:
 
 
 @torch.inference_mode()
-def predict_variants(model: TRM, inputs: Tensor, variant_of_row: Tensor, policy: HaltingPolicy) -> VariantPredictions:
+def predict_variants(
+    model: TRM, inputs: Tensor, variant_of_row: Tensor, policy: HaltingPolicy, deadline: float = math.inf
+) -> VariantPredictions:
     """Run a `fit_network` copy on test inputs and read each row's answer where `policy` halts it.
 
     Every row runs `policy.max_steps` supervision steps with its variant's vector (the copy's puzzle table row);
@@ -620,17 +622,25 @@ def predict_variants(model: TRM, inputs: Tensor, variant_of_row: Tensor, policy:
         inputs: (R, L) test tokens of every variant (`variant_test_inputs`); any square L for a `conv` model.
         variant_of_row: (R,) variant (puzzle-table row) of each input.
         policy: when to halt.
+        deadline: `time.perf_counter()` value no step may end past (as far as the last step's cost tells): the
+            rows still running when it comes are read at their last step, as if their horizon had been reached.
+            The first step always runs.
     """
     device = next(model.parameters()).device
     inputs = inputs.to(device).long()
     ids = variant_of_row.to(device).long()
     carry = _fresh_carry(model, inputs)
     answers, probabilities = [], []
-    for _ in range(policy.max_steps):
+    last = 0.0
+    for step in range(policy.max_steps):
+        started = time.perf_counter()
+        if step and started + last > deadline:
+            break
         out = model.step(carry, inputs, ids)
         carry = out.carry
         answers.append(out.logits.argmax(-1).to(torch.uint8).cpu().numpy())
         probabilities.append(torch.sigmoid(model.halting_logit(out.q_halt, out.q_continue)).float().cpu().numpy())
+        last = time.perf_counter() - started
     trace, prob_trace = np.stack(answers), np.stack(probabilities)  # (steps, R, L), (steps, R)
     at, why = first_halts(policy, prob_trace)
     rows = np.arange(len(inputs))

@@ -25,6 +25,7 @@ from model.adapt import (
     fit_network,
     predict_variants,
     predicted_grid,
+    trainable_copy,
     two_attempts,
     variant_test_inputs,
 )
@@ -273,3 +274,16 @@ def test_predictions_are_read_where_the_halting_policy_stops_each_row() -> None:
         assert np.array_equal(predicted.tokens[r], trace[s][r])
         assert predicted.probability[r] == pytest.approx(trace_probs[s][r]) and predicted.steps[r] == s + 1
         assert np.array_equal(predicted.trace[s, r], trace[s][r])
+
+
+def test_answering_stops_at_its_deadline_after_the_first_step() -> None:
+    """A deadline already past: one step runs and every row is read there; none: the whole horizon runs."""
+    model = trainable_copy(conv_model(), len(VARIANTS))
+    inputs, keys = variant_test_inputs(recolour_task(3), VARIANTS, SIDE)
+    variant_of_row = torch.as_tensor([v for _, v in keys])
+    policy = HaltingPolicy(0.999, 4, "q_head")
+    cut = predict_variants(model, torch.as_tensor(inputs), variant_of_row, policy, deadline=time.perf_counter())
+    assert cut.trace.shape[0] == 1 and (cut.steps == 1).all()
+    full = predict_variants(model, torch.as_tensor(inputs), variant_of_row, policy)
+    assert full.trace.shape[0] == 4
+    assert np.array_equal(full.trace[0], cut.trace[0])
