@@ -144,7 +144,7 @@ class Trainer:
         self.steps_by_dtype: dict[str, int] = {}
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_steps = 0
-        self.act = self._fresh_act_state()
+        self.act = self.fresh_act_state()
 
     def _start_from(self, directory: Path) -> dict[str, str]:
         """Copy a checkpoint's weights into the fresh model (before compiling, so the names match); returns what
@@ -165,7 +165,7 @@ class Trainer:
     def trainable_parameters(self) -> int:
         return count_trainable_parameters(self.model)
 
-    def _fresh_act_state(self, length: int | None = None) -> ACTState:
+    def fresh_act_state(self, length: int | None = None) -> ACTState:
         """Every slot halted, so the next step fills it; `length` tokens a slot (a `conv` model's canvas), by
         default the model's own."""
         b, length = self.local_batch, length or self.config.seq_len
@@ -205,7 +205,7 @@ class Trainer:
         new_ids = torch.as_tensor(batch.puzzle_ids[sl], device=self.device).long()
         if new_inputs.shape[1] != self.act.inputs.shape[1]:
             # A size-agnostic model's batch on another canvas: its slots cannot carry over, every slot restarts.
-            self.act = self._fresh_act_state(new_inputs.shape[1])
+            self.act = self.fresh_act_state(new_inputs.shape[1])
 
         act = self.act
         h = act.halted

@@ -4,6 +4,11 @@
 slots (carry, step counters, current puzzles) of the whole global batch; `<run>/state/state.json` holds the
 counters (optimizer step, data epoch and offset). Every random draw of the loop is derived from the step and
 data position, so loading both continues the run bit for bit.
+
+Except for one kind of run: one batched per canvas (a size-agnostic ARC model, `training.sampler`) restarts its
+slots whenever the canvas changes, and its carry on the largest canvas is 33 MB of the state's 43 (32 slots of
+1025 x 128 fp32, twice). Its state leaves the slots out, and a resumed run starts with every slot halted, as
+after a canvas change: the weights, optimiser and data position continue exactly.
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ def _act_tensors(act: ACTState) -> dict[str, torch.Tensor]:
     return out
 
 
+def keeps_slots(trainer: Trainer) -> bool:
+    """Whether the state holds the ACT slots: for every run but one batched per canvas (see the module's note)."""
+    return "canvas" not in trainer.stream.data.extras
+
+
 def save_state(trainer: Trainer, directory: Path) -> None:
     """Write the state of every rank's slots (gathered) plus rank 0's weights and optimizer."""
-    act = {
-        k: trainer.dist.gather(v.float() if v.dtype == torch.bool else v) for k, v in _act_tensors(trainer.act).items()
-    }
+    slots = _act_tensors(trainer.act) if keeps_slots(trainer) else {}
+    act = {k: trainer.dist.gather(v.float() if v.dtype == torch.bool else v) for k, v in slots.items()}
     if trainer.dist.rank != 0:
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,14 +109,17 @@ def load_state(trainer: Trainer, directory: Path) -> None:
     act = {k[len("act/") :]: v[sl] for k, v in tensors.items() if k.startswith("act/")}
     from training.loop import ACTState
 
-    trainer.act = ACTState(
-        carry=Carry(act["y"], act["z"]),
-        steps=act["steps"].long(),
-        halted=act["halted"].bool(),
-        inputs=act["inputs"].long(),
-        labels=act["labels"].long(),
-        puzzle_ids=act["puzzle_ids"].long(),
-    )
+    if act:
+        trainer.act = ACTState(
+            carry=Carry(act["y"], act["z"]),
+            steps=act["steps"].long(),
+            halted=act["halted"].bool(),
+            inputs=act["inputs"].long(),
+            labels=act["labels"].long(),
+            puzzle_ids=act["puzzle_ids"].long(),
+        )
+    else:  # a run batched per canvas: every slot starts afresh, as after a canvas change
+        trainer.act = trainer.fresh_act_state()
     trainer.init_record = meta.get("init_from")
     trainer.step = meta["step"]
     # A state saved before the count existed says nothing of its steps' precision.
