@@ -22,6 +22,8 @@ from model.config import TRMConfig
 from model.device import resolve_device
 from model.precision import resolve_dtype
 from model.puzzles import get_codec
+from model.puzzles.arc import MAX_SIDE as ARC_MAX_SIDE
+from model.puzzles.arc import ArcCodec
 from model.puzzles.base import Codec
 from model.puzzles.maze import MazeCodec
 from model.trm import count_trainable_parameters
@@ -29,6 +31,9 @@ from server.engine import Engine, TorchEngine, configure_cpu_threads
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PEOPLE_SPEC = "generate:maze-people:"
+"""The evaluation spec of held-out people mazes (`training.data.sources`), whose records routing compares."""
 
 
 @dataclass
@@ -54,9 +59,22 @@ class ModelEntry:
 
     def for_side(self, side: int | None) -> ModelEntry:
         """The entry that runs a puzzle whose longer side is `side`: this one, or the smallest canvas that fits."""
-        if side is None or not self.canvases:
+        if not self.canvases:
             return self
+        if side is None:  # an ARC task that does not parse: the largest canvas's codec names what is wrong
+            return self.canvases[-1] if self.family == "arc" else self
         return next((c for c in self.canvases if c.codec.fits >= side), self.canvases[-1])  # type: ignore[attr-defined]
+
+    @cached_property
+    def measured(self) -> dict[int, float]:
+        """The card's held-out exact accuracy on people mazes by side, read once (`measured_maze_accuracy`)."""
+        return measured_maze_accuracy(self.card)
+
+    def accuracy_at(self, side: int) -> float | None:
+        """Measured exact accuracy for a maze of `side` (inside its ring): the figure of the smallest measured side
+        not below it, which understates it as accuracy falls with size; None without one."""
+        sides = [s for s in self.measured if s >= side]
+        return self.measured[min(sides)] if sides else None
 
     @cached_property
     def calibration(self) -> Calibration:
@@ -131,8 +149,9 @@ def build_engine(ckpt: Checkpoint, settings: Settings, canvas: int | None = None
 
 
 def size_agnostic(config: TRMConfig) -> bool:
-    """A maze model whose weights have no size (`conv` mixer): it serves any maze up to `max_maze_side`."""
-    return config.family == "maze" and config.mixer == "conv"
+    """A maze or ARC model whose weights have no size (`conv` mixer): it serves any maze up to `max_maze_side`,
+    any ARC task up to 30x30, on the smallest of its canvases that takes the puzzle."""
+    return config.family in ("maze", "arc") and config.mixer == "conv"
 
 
 class Registry:
@@ -180,8 +199,11 @@ class Registry:
 
         def make(canvas: int | None) -> ModelEntry:
             side = canvas or config.grid_side
-            pooled = size_agnostic(config)
-            codec = MazeCodec(side * side, margin=MARGIN) if pooled else get_codec(config.family, config.seq_len)
+            codec: Codec = get_codec(config.family, config.seq_len)
+            if size_agnostic(config) and config.family == "maze":
+                codec = MazeCodec(side * side, margin=MARGIN)
+            elif size_agnostic(config):
+                codec = ArcCodec(side * side, margin=MARGIN)
             entry = ModelEntry(
                 name=path.name,
                 checkpoint=ckpt,
@@ -197,8 +219,8 @@ class Registry:
 
         entry = make(None)
         if size_agnostic(config) and self.settings.backend != "onnx":
-            entry.max_side = self.settings.max_maze_side
-            sides = canvas_sides(config.grid_side, self.settings.max_maze_side)
+            entry.max_side = self.settings.max_maze_side if config.family == "maze" else ARC_MAX_SIDE
+            sides = canvas_sides(config.grid_side, entry.max_side)
             entry.canvases = [entry, *(make(side) for side in sides[1:])]
         return entry
 
@@ -208,9 +230,12 @@ class Registry:
         return {c.pool or c.name: c for e in self.models.values() for c in (e.canvases or [e])}
 
     def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
-        """The named model, or the family's default: one trained on puzzles of `side` if any (see `trained_on`),
-        then the smallest grid that fits it (cheapest compute).
+        """The named model, or the family's default: the most accurate on mazes of `side` by the cards' measured
+        figures (`ModelEntry.accuracy_at`), the measured ones first; then one trained on puzzles of `side` if any
+        (see `trained_on`), then the smallest grid that fits it (cheapest compute).
 
+        Measured accuracy comes first because training sizes do not tell the better model: the size-agnostic maze
+        model, trained on sides 5 to 15, beats the fixed-size models on the mazes they were trained for (its card).
         Among models of one size a TRM is preferred: an HRM is shipped to compare against, not as the default.
         """
         if name is not None:
@@ -231,9 +256,12 @@ class Registry:
             if any(e.canvases for e in candidates):
                 raise _over_limit(side, largest)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
+        measured = {e.name: e.accuracy_at(side) if side is not None else None for e in fitting}
         return min(
             fitting,
             key=lambda e: (
+                measured[e.name] is None,
+                -(measured[e.name] or 0.0),
                 side is not None and not trained_on(e.config, side),
                 e.config.grid_side,
                 e.config.arch != "trm",
@@ -247,6 +275,29 @@ def _over_limit(side: int | None, limit: int) -> ValueError:
         f"maze is {side} cells on its longer side (inside its wall ring), over this server's limit of "
         f"{limit} a side (setting max_maze_side)"
     )
+
+
+def measured_maze_accuracy(card: dict[str, Any]) -> dict[int, float]:
+    """Exact accuracy by maze side (inside the ring) from a card's one-view held-out records on people mazes
+    (`training.evaluate --data generate:maze-people:N:H:W[:SEED[:RING]] --record NAME`), the best where a side has
+    several. Other records (other generators, voted views, calibrations) are left out: routing compares models on
+    the same kind of mazes as people send."""
+    out: dict[int, float] = {}
+    for record in card.values():
+        if not isinstance(record, dict) or record.get("views", 1) != 1:
+            continue
+        data, accuracy = record.get("data"), record.get("exact_accuracy")
+        if not isinstance(data, str) or not data.startswith(PEOPLE_SPEC) or not isinstance(accuracy, int | float):
+            continue
+        fields = data[len(PEOPLE_SPEC) :].split(":")
+        try:
+            h, w = int(fields[1]), int(fields[2])
+            ring = int(fields[4]) if len(fields) > 4 else 1
+        except (IndexError, ValueError):
+            continue
+        side = max(h, w) - 2 * (ring == 1)
+        out[side] = max(out.get(side, 0.0), float(accuracy))
+    return out
 
 
 def trained_sides(config: TRMConfig) -> tuple[int, int] | None:

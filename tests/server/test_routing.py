@@ -1,16 +1,19 @@
-"""Which model answers a request that names none: a maze goes to a model trained on its size when one is loaded
-(a model trained on mixed sizes), else to the smallest grid that fits; HRM checkpoints are never the default."""
+"""Which model answers a request that names none: a maze goes to the model whose card measures it most accurate
+at its size, else to a model trained on its size when one is loaded (a model trained on mixed sizes), else to the
+smallest grid that fits; HRM checkpoints are never the default."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.registry import measured_maze_accuracy
 from server.settings import Settings
-from tests.server.conftest import record_trained_sides, write_checkpoint
+from tests.server.conftest import record_trained_sides, write_checkpoint, write_conv_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,71 @@ def test_models_list_the_maze_sides_each_model_was_trained_on(client: TestClient
     models = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert models["maze-mixed-10"]["trained_sides"] == [6, 10]
     assert models["maze-8"]["trained_sides"] == [8, 8]
+
+
+def people_record(h: int, w: int, exact: float, ring: int = 1, views: int = 1) -> dict[str, object]:
+    """A card record as `training.evaluate --data generate:maze-people:... --record NAME` writes it."""
+    return {"data": f"generate:maze-people:100:{h}:{w}:2026:{ring}", "exact_accuracy": exact, "views": views}
+
+
+def test_measured_accuracy_is_read_by_the_side_inside_the_ring_from_one_view_people_records() -> None:
+    card = {
+        "a": people_record(9, 9, 0.9),  # 7x7 inside its ring
+        "b": people_record(15, 13, 0.7, ring=0),
+        "c": people_record(15, 15, 0.8),
+        "voted": people_record(9, 9, 1.0, views=8),
+        "other_generator": {"data": "generate:maze:100:9:10:4242", "exact_accuracy": 1.0},
+        "halting": {"threshold": 0.9, "max_steps": 16},
+    }
+    assert measured_maze_accuracy(card) == {7: 0.9, 15: 0.7, 13: 0.8}
+
+
+@pytest.fixture(scope="module")
+def measured_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A size-agnostic model measured better than the fixed 12x12 one on 9x9 and 13x13 people mazes (inside 7
+    and 11) and worse on 11x11 ones (inside 9); the fixed 8x8 model has no people-maze figures."""
+    weights = tmp_path_factory.mktemp("weights-measured")
+    write_conv_checkpoint(weights / "maze-any")
+    cards = {
+        "maze-any": [people_record(9, 9, 0.95), people_record(11, 11, 0.5), people_record(13, 13, 0.9)],
+        "maze-12": [people_record(9, 9, 0.9), people_record(11, 11, 0.8), people_record(13, 13, 0.6)],
+    }
+    for name, side in (("maze-8", 8), ("maze-12", 12)):
+        write_checkpoint(weights / name, "maze", side * side)
+        record_trained_sides(weights / name, side, 6)
+    for name, records in cards.items():
+        card = {f"heldout_{i}": r for i, r in enumerate(records)}
+        (weights / name / "metrics.json").write_text(json.dumps(card))
+    settings = Settings(weights_dir=weights, threads=1, slots=4, max_maze_side=40, default_budget_steps=0)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("side", "expected"),
+    [
+        (6, "maze-any"),  # measured at 7: 0.95 against 0.9; maze-8 has no figure
+        (7, "maze-any"),
+        (8, "maze-12"),  # the next measured side is 9: 0.8 against 0.5
+        (9, "maze-12"),
+        (11, "maze-any"),  # 0.9 against 0.6
+        (12, "maze-12"),  # no figure at 12 or above: the model trained on 12x12 mazes
+        (20, "maze-any"),  # no fixed model takes it
+    ],
+)
+def test_a_maze_goes_to_the_model_measured_most_accurate_at_its_size(
+    measured_client: TestClient, side: int, expected: str
+) -> None:
+    response = measured_client.post("/solve", json={"puzzle": "maze", "grid": maze(side), "max_steps": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == expected
+
+
+@pytest.mark.parametrize("name", ["maze-8", "maze-12"])
+def test_a_fixed_model_stays_selectable_by_name_where_another_measures_better(
+    measured_client: TestClient, name: str
+) -> None:
+    body = {"puzzle": "maze", "grid": maze(7), "model": name, "max_steps": 1}
+    response = measured_client.post("/solve", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == name
