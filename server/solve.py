@@ -126,7 +126,11 @@ class Solver:
         except KeyError as exc:
             raise ApiError(404, "unknown_model", str(exc.args[0]), "model") from exc
         except ValueError as exc:
-            field_name = "model" if req.model is not None else "grid"
+            if req.puzzle == "arc" and req.model is None and req.task is not None:
+                # No ARC model takes a grid this large: the largest one's parser names the grid that is too big.
+                arc = [e for e in self.registry.models.values() if e.family == "arc"]
+                self._parse(max(arc, key=lambda e: e.max_side or e.config.grid_side).for_side(None), req)
+            field_name = "model" if req.model is not None else ("task" if req.puzzle == "arc" else "grid")
             raise ApiError(422, "invalid_puzzle", str(exc), field_name) from exc
 
         limit = self.settings.max_steps_limit
@@ -134,15 +138,7 @@ class Solver:
             raise ApiError(422, "invalid_request", f"max_steps is {req.max_steps}, at most {limit}", "max_steps")
         deadline = arrived + self.settings.request_timeout_s
 
-        raw = req.task if req.puzzle == "arc" else req.grid
-        if raw is None:
-            name = "task" if req.puzzle == "arc" else "grid"
-            raise ApiError(422, "invalid_puzzle", f"{name} is required for {req.puzzle}", name)
-        try:
-            puzzle = entry.codec.parse(raw)
-        except PuzzleError as exc:
-            field_name = exc.field if req.puzzle != "arc" or exc.field.startswith("task") else f"task.{exc.field}"
-            raise ApiError(422, "invalid_puzzle", exc.message, field_name) from exc
+        puzzle = self._parse(entry, req)
 
         if req.puzzle == "arc":
             if req.views not in (None, 1):
@@ -161,6 +157,19 @@ class Solver:
             prep.escalation = Escalation(budget, views_for(entry.family))
         prep.jobs = [self._view(prep, tid, deadline) for tid in range(views)]
         return prep
+
+    @staticmethod
+    def _parse(entry: ModelEntry, req: SolveRequest) -> Any:
+        """The request's puzzle parsed by the entry's codec; a 422 naming the field that is wrong."""
+        raw = req.task if req.puzzle == "arc" else req.grid
+        if raw is None:
+            name = "task" if req.puzzle == "arc" else "grid"
+            raise ApiError(422, "invalid_puzzle", f"{name} is required for {req.puzzle}", name)
+        try:
+            return entry.codec.parse(raw)
+        except PuzzleError as exc:
+            field_name = exc.field if req.puzzle != "arc" or exc.field.startswith("task") else f"task.{exc.field}"
+            raise ApiError(422, "invalid_puzzle", exc.message, field_name) from exc
 
     def _view(self, prep: Prepared, tid: int, deadline: float) -> Job:
         """The job of view `tid` (`inference.views`): the puzzle turned by symmetry `tid`, or for a Sudoku from view
