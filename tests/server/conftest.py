@@ -106,12 +106,12 @@ def write_checkpoint(
     return directory
 
 
-def write_conv_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """An untrained size-agnostic maze checkpoint (`conv` mixer, 16x16 training canvas, hidden 16, one prefix slot)."""
+def write_conv_checkpoint(directory: Path, seed: int = 0, **overrides: Any) -> Path:
+    """An untrained size-agnostic checkpoint (`conv` mixer, hidden 16, one prefix slot): by default a maze one on a
+    16x16 training canvas; `overrides` change any config field (an ARC one: family, seq_len, conv_broadcast)."""
     torch.manual_seed(seed)
-    config = TRMConfig(
+    fields: dict[str, Any] = dict(
         family="maze",
-        vocab_size=VOCAB["maze"],
         seq_len=256,
         puzzle_emb_len=1,
         hidden_size=16,
@@ -123,6 +123,8 @@ def write_conv_checkpoint(directory: Path, seed: int = 0) -> Path:
         pos_encodings="none",
         halt_max_steps=2,
     )
+    fields.update(overrides)
+    config = TRMConfig(vocab_size=VOCAB[fields["family"]], **fields)
     save_checkpoint(build_model(config).eval(), config, directory)
     return directory
 

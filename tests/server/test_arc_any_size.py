@@ -15,16 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from model.checkpoint import save_checkpoint
-from model.config import TRMConfig
-from model.factory import build_model
 from server.app import create_app
 from server.registry import Registry
 from server.settings import Settings
-from tests.server.conftest import sudoku_puzzle
+from tests.server.conftest import sudoku_puzzle, write_conv_checkpoint
 from tests.server.test_arc import assert_two_attempts
 
 BUDGET_S = 2.0
@@ -56,23 +52,9 @@ SMALL = {
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     weights = tmp_path_factory.mktemp("arc-any-weights")
-    torch.manual_seed(4)
-    config = TRMConfig(
-        family="arc",
-        vocab_size=12,
-        seq_len=144,
-        puzzle_emb_len=1,
-        hidden_size=16,
-        num_heads=2,
-        expansion=2.0,
-        h_cycles=1,
-        l_cycles=1,
-        mixer="conv",
-        conv_broadcast=True,
-        pos_encodings="none",
-        halt_max_steps=3,
+    write_conv_checkpoint(
+        weights / "arc-any-tiny", seed=4, family="arc", seq_len=144, conv_broadcast=True, halt_max_steps=3
     )
-    save_checkpoint(build_model(config).eval(), config, weights / "arc-any-tiny")
     return weights
 
 
