@@ -122,11 +122,11 @@ class Plan:
             train_steps=2,
             train_warmup=1,
             burst_overrides=(*tiny_model, "train.global_batch_size=8"),
-            burst_min_s=15.0,
-            burst_overhead_s=20.0,
+            burst_min_s=10.0,
+            burst_overhead_s=16.0,
             # Caps well above the ~80 s a smoke run takes here (a first ONNX export alone is ~25 s on a busy core),
             # so a slower machine still finishes every part.
-            caps={"environment": 30, "correctness": 120, "serving": 150, "training": 90, "burst": 35},
+            caps={"environment": 30, "correctness": 120, "serving": 150, "training": 90, "burst": 26},
         )
 
 

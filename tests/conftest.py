@@ -6,6 +6,36 @@ import pytest
 import torch
 
 from model.config import TRMConfig
+from tests.gpu_smoke import START_WITH, SmokeRun
+
+_SMOKE_USERS = "tests/test_bench_gpu.py::"
+_smoke: dict[str, SmokeRun | bool] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Whether this run includes the tests that read the GPU check's smoke run (`tests/gpu_smoke.py`)."""
+    _smoke["wanted"] = any(item.nodeid.startswith(_SMOKE_USERS) for item in session.items)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _smoke.get("wanted") and "run" not in _smoke and item.nodeid.startswith(START_WITH):
+        _smoke["run"] = SmokeRun.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run the suite started and never read (an aborted session) is waited for, not left behind."""
+    run = _smoke.get("run")
+    if isinstance(run, SmokeRun):
+        run.result()
+
+
+@pytest.fixture(scope="session")
+def gpu_smoke_run() -> SmokeRun:
+    """The background smoke run, started now if no model test started it."""
+    run = _smoke.get("run")
+    if not isinstance(run, SmokeRun):
+        run = _smoke["run"] = SmokeRun.start()
+    return run
 
 
 def tiny_config(**overrides: object) -> TRMConfig:

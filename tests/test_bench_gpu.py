@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,17 @@ from benchmarks.gpu import PARTS, main
 from benchmarks.gpu_report import render, targets
 from model.checkpoint import load_checkpoint
 from server.registry import find_checkpoints
+from tests.gpu_smoke import ROOT, TIMEOUT_S, SmokeRun, check_command
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def run_check(out: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_check(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(check_command(out, *args), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path_factory.mktemp("gpu-check")
-    return run_check(out), out
+def smoke(gpu_smoke_run: SmokeRun) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The whole smoke run, which the suite started in the background (`tests/gpu_smoke.py`)."""
+    return gpu_smoke_run.result(), gpu_smoke_run.out
 
 
 def test_the_smoke_run_finishes_every_part_and_writes_both_reports(

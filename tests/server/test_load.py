@@ -1,4 +1,4 @@
-"""A CI-sized run of benchmarks/load.py against the real server: 32 clients for 20 s of mixed /solve, streamed
+"""A CI-sized run of benchmarks/load.py against the real server: 32 clients for 10 s of mixed /solve, streamed
 /solve and /solve/batch calls. No 5xx, no lost or duplicated answer, and every answer identical to the one the
 same puzzle got when it was solved alone (batch composition must not change a puzzle's answer).
 """
@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.load import Server, run_load, start_server, write_load_weights
 
-CLIENTS, DURATION_S, POOL = 32, 20.0, 60
+CLIENTS, DURATION_S, POOL = 32, 10.0, 60
 
 
 @pytest.fixture(scope="module")
