@@ -8,13 +8,12 @@ import torch
 from model.config import TRMConfig
 from tests.gpu_smoke import START_WITH, SmokeRun
 
-_SMOKE_USERS = "tests/test_bench_gpu.py::"
 _smoke: dict[str, SmokeRun | bool] = {}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Whether this run includes the tests that read the GPU check's smoke run (`tests/gpu_smoke.py`)."""
-    _smoke["wanted"] = any(item.nodeid.startswith(_SMOKE_USERS) for item in session.items)
+    """Whether this run includes a test that reads the GPU check's smoke run (`tests/gpu_smoke.py`)."""
+    _smoke["wanted"] = any("gpu_smoke_run" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
