@@ -8,33 +8,35 @@ import torch
 from model.config import TRMConfig
 from tests.gpu_smoke import START_WITH, SmokeRun
 
-_smoke: dict[str, SmokeRun | bool] = {}
+
+class _Smoke:
+    """This session's smoke run: whether a selected test reads it, and the run once started."""
+
+    wanted = False
+    run: SmokeRun | None = None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Whether this run includes a test that reads the GPU check's smoke run (`tests/gpu_smoke.py`)."""
-    _smoke["wanted"] = any("gpu_smoke_run" in getattr(item, "fixturenames", ()) for item in session.items)
+    _Smoke.wanted = any("gpu_smoke_run" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if _smoke.get("wanted") and "run" not in _smoke and item.nodeid.startswith(START_WITH):
-        _smoke["run"] = SmokeRun.start()
+    if _Smoke.wanted and _Smoke.run is None and item.nodeid.startswith(START_WITH):
+        _Smoke.run = SmokeRun.start()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A run the suite started and never read (an aborted session) is waited for, not left behind."""
-    run = _smoke.get("run")
-    if isinstance(run, SmokeRun):
-        run.result()
+    """A run still going when the session ends (an aborted session never read it) is waited for, not left behind."""
+    if _Smoke.run is not None and _Smoke.run.proc.poll() is None:
+        _Smoke.run.result()
 
 
 @pytest.fixture(scope="session")
 def gpu_smoke_run() -> SmokeRun:
     """The background smoke run, started now if no model test started it."""
-    run = _smoke.get("run")
-    if not isinstance(run, SmokeRun):
-        run = _smoke["run"] = SmokeRun.start()
-    return run
+    if _Smoke.run is None:
+        _Smoke.run = SmokeRun.start()
+    return _Smoke.run
 
 
 def tiny_config(**overrides: object) -> TRMConfig:
