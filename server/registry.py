@@ -77,6 +77,21 @@ class ModelEntry:
         return self.measured[min(sides)] if sides else None
 
     @cached_property
+    def records(self) -> dict[tuple[str, int, str, int], float]:
+        """The card's held-out exact accuracies by how they were measured (`held_out_records`), read once."""
+        return held_out_records(self.card)
+
+    def dominates(self, other: ModelEntry) -> bool:
+        """Whether this model is at least as accurate as `other` on every held-out set both cards measured the same
+        way, and more accurate on one of them."""
+        shared = self.records.keys() & other.records.keys()
+        return (
+            bool(shared)
+            and all(self.records[k] >= other.records[k] for k in shared)
+            and any(self.records[k] > other.records[k] for k in shared)
+        )
+
+    @cached_property
     def calibration(self) -> Calibration:
         """The card's halting calibration, read once."""
         return Calibration.from_card(self.card, self.config)
@@ -238,6 +253,11 @@ class Registry:
         model, trained on sides 5 to 15, beats the fixed-size models on ring-drawn mazes of their sizes, and they
         beat it on their own unbordered ones (`docs/results.md`, "Routing").
         Among models of one size a TRM is preferred: an HRM is shipped to compare against, not as the default.
+
+        Outside mazes, whose routing is by side, a model another one dominates on the held-out sets their cards
+        share (`ModelEntry.dominates`) is never the default: so `sudoku-hard` is the default Sudoku model only
+        while its card shows it at least as good as `sudoku-9x9` on every set both measured, easy ones included
+        (difficulty is unknown at request time, so no routing by it is possible).
         """
         if name is not None:
             entry = self.models.get(name)
@@ -257,6 +277,8 @@ class Registry:
             if any(e.canvases for e in candidates):
                 raise _over_limit(side, largest)
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
+        if family != "maze":  # one undominated model at least, unless the cards contradict each other in a cycle
+            fitting = [e for e in fitting if not any(o.dominates(e) for o in fitting if o is not e)] or fitting
         measured = {e.name: e.accuracy_at(side) if side is not None else None for e in fitting}
         return min(
             fitting,
@@ -298,6 +320,21 @@ def measured_maze_accuracy(card: dict[str, Any]) -> dict[int, float]:
             continue
         side = max(h, w) - 2 * (ring == 1)
         out[side] = max(out.get(side, 0.0), float(accuracy))
+    return out
+
+
+def held_out_records(card: dict[str, Any]) -> dict[tuple[str, int, str, int], float]:
+    """Exact accuracy of each `training.evaluate --record NAME` record in a card, keyed by how it was measured:
+    data spec (which fixes the puzzles and their count), views, halting mode and escalation budget. Two cards'
+    figures under the same key were measured the same way and can be compared; calibration sweeps are left out."""
+    out: dict[tuple[str, int, str, int], float] = {}
+    for record in card.values():
+        if not isinstance(record, dict):
+            continue
+        data, accuracy = record.get("data"), record.get("exact_accuracy")
+        if isinstance(data, str) and isinstance(accuracy, int | float) and "halt" in record:
+            key = (data, int(record.get("views", 1)), str(record["halt"]), int(record.get("budget_steps", 0)))
+            out[key] = float(accuracy)
     return out
 
 

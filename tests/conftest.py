@@ -59,5 +59,13 @@ def tiny_config(**overrides: object) -> TRMConfig:
 
 
 @pytest.fixture(autouse=True)
+def _eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated held-out sets go to the session's temporary directory, not the checkout's data_cache/."""
+    from training.data import sources
+
+    monkeypatch.setattr(sources, "EVAL_CACHE", tmp_path_factory.getbasetemp() / "eval-cache")
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

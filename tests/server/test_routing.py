@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -128,3 +129,57 @@ def test_a_fixed_model_stays_selectable_by_name_where_another_measures_better(
     response = measured_client.post("/solve", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == name
+
+
+def sudoku_record(data: str, exact: float, budget: int = 0) -> dict[str, object]:
+    """A card record as `training.evaluate --data DATA --record NAME` writes it (one view, adaptive halting)."""
+    record: dict[str, object] = {"data": data, "exact_accuracy": exact, "views": 1, "halt": "adaptive"}
+    if budget:
+        record["budget_steps"] = budget
+    return record
+
+
+EASY, HARD = "generate:sudoku:1000:30:40:4242", "generate:sudoku-hard:200:17:21:3:2026"
+
+
+@pytest.mark.parametrize(
+    ("cards", "expected"),
+    [
+        # b is at least as good everywhere both measured and better on hard puzzles: a is never the default
+        ({"a": {EASY: 0.99, HARD: 0.40}, "b": {EASY: 0.99, HARD: 0.60}}, "b"),
+        # b trades easy accuracy for hard: neither dominates, so the usual order (by name here) decides
+        ({"a": {EASY: 0.99, HARD: 0.40}, "b": {EASY: 0.98, HARD: 0.60}}, "a"),
+        # no set measured by both: nothing to compare
+        ({"a": {EASY: 0.99}, "b": {HARD: 0.60}}, "a"),
+        # c beats b on hard puzzles but not on easy ones, and b dominates a: b
+        ({"a": {EASY: 0.99, HARD: 0.40}, "b": {EASY: 0.995, HARD: 0.60}, "c": {EASY: 0.97, HARD: 0.70}}, "b"),
+    ],
+)
+def test_the_default_sudoku_model_is_one_no_other_card_dominates(
+    tmp_path: Path, cards: dict[str, dict[str, float]], expected: str
+) -> None:
+    weights = tmp_path / "weights"
+    for name, figures in cards.items():
+        write_checkpoint(weights / name, "sudoku", 81)
+        card = {f"r{i}": sudoku_record(data, exact) for i, (data, exact) in enumerate(figures.items())}
+        (weights / name / "metrics.json").write_text(json.dumps(card))
+    with TestClient(create_app(Settings(weights_dir=weights, threads=1, slots=4))) as client:
+        response = client.post("/solve", json={"puzzle": "sudoku", "grid": "0" * 81, "max_steps": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == expected
+
+
+def test_records_measured_another_way_are_not_compared() -> None:
+    from server.registry import held_out_records
+
+    card = {
+        "one_view": sudoku_record(HARD, 0.6),
+        "with_budget": sudoku_record(HARD, 0.7, budget=256),
+        "voted": {**sudoku_record(HARD, 0.8), "views": 8},
+        "halting": {"data": HARD, "threshold": 0.9, "never_exact_accuracy": 0.9},  # a calibration, not a record
+    }
+    assert held_out_records(card) == {
+        (HARD, 1, "adaptive", 0): 0.6,
+        (HARD, 1, "adaptive", 256): 0.7,
+        (HARD, 8, "adaptive", 0): 0.8,
+    }

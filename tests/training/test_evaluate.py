@@ -330,6 +330,24 @@ def test_generated_hard_sudoku_spec_keeps_its_givens_and_rating_floor(
     assert (np.asarray(data.extras["rating"]) >= 4).all()
 
 
+def test_generated_sets_are_built_once_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from training.data import sources, sudoku
+
+    monkeypatch.setattr(sources, "EVAL_CACHE", tmp_path / "cache")
+    first = load_eval_data("generate:sudoku:8:6:10:3", tiny_config())
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one directory per spec, no build leftovers
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the set was generated again")
+
+    monkeypatch.setattr(sudoku, "build", fail)
+    again = load_eval_data("generate:sudoku:8:6:10:3", tiny_config())
+    assert np.array_equal(np.asarray(again.inputs), np.asarray(first.inputs))
+    assert np.array_equal(np.asarray(again.labels), np.asarray(first.labels))
+    with pytest.raises(AssertionError, match="generated again"):  # another seed is another set
+        load_eval_data("generate:sudoku:8:6:10:4", tiny_config())
+
+
 @pytest.mark.parametrize(("ring", "canvas"), [(1, 24), (0, 24)])
 def test_people_maze_spec_lays_mazes_out_on_the_canvas_the_server_picks(ring: int, canvas: int) -> None:
     config = tiny_config(family="maze", vocab_size=6, seq_len=256, mixer="conv", pos_encodings="none")

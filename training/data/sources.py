@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -214,6 +215,30 @@ def _people_mazes(spec: str, fields: list[str], config: TRMConfig) -> PuzzleSet:
     return serve_layout(questions, labels, config)
 
 
+EVAL_CACHE = Path("data_cache/eval")
+"""Where generated held-out sets are kept, one directory per spec: generation is deterministic by seed, and the
+hard-Sudoku generator takes minutes for a few hundred puzzles of 17-21 givens, so each set is built once."""
+
+
+def _keep(build: Callable[[Path], object], cache: Path) -> Path:
+    """Build a set into a new directory beside `cache` and move it there in one rename, so a half-built set is
+    never read. Where the cache cannot be written (a read-only tree) the set is built in a temporary directory for
+    this run alone; where another process got there first, its copy is used."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(tempfile.mkdtemp(prefix=".build-", dir=cache.parent))
+    except OSError:
+        built = Path(tempfile.mkdtemp(prefix="trm-eval-"))
+        build(built)
+        return built
+    build(built)
+    try:
+        built.rename(cache)
+    except OSError:
+        shutil.rmtree(built, ignore_errors=True)
+    return cache
+
+
 def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     """Held-out puzzles for `training.evaluate`.
 
@@ -222,7 +247,7 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
     least rating, `training.data.sudoku_hard`), `generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]` (LOOPS: the
     share of inner walls opened, 0.1 as in training by default; 0 gives perfect mazes, one route from S to G) or
     `generate:maze-people:N:H:W[:SEED[:RING]]` (`mazes_people.held_out`; RING 1, the default, draws the wall ring,
-    0 leaves it out), laid out as the server lays them out.
+    0 leaves it out), laid out as the server lays them out. Generated sets built to disk are kept in `EVAL_CACHE`.
     """
     if spec.startswith("generate:"):
         _, kind, *fields = spec.split(":")
@@ -239,21 +264,27 @@ def load_eval_data(spec: str, config: TRMConfig) -> PuzzleSet:
                 f"evaluation data {spec!r}: expected generate:sudoku:N:GMIN:GMAX[:SEED], "
                 "generate:sudoku-hard:N:GMIN:GMAX:FLOOR[:SEED] or generate:maze:N:SIDE:MINPATH[:SEED[:LOOPS]]"
             )
-        tmp = Path(tempfile.mkdtemp(prefix="trm-eval-"))
-        seed = nums[ints - 1] if len(nums) > ints - 1 else 12345
-        if kind == "sudoku-hard":
-            from training.data import sudoku_hard
-
-            sudoku_hard.build(tmp, 0, nums[0], (nums[1], nums[2]), min_rating=nums[3], seed=seed)
-        elif kind == "sudoku":
-            side = int(config.seq_len**0.5)
-            sudoku.build(tmp, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
-        elif kind == "maze":
-            maze.build(tmp, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed, loops=loops)
-            return pad_mazes(load_split(tmp, "test", mmap=False), nums[1], config.grid_side)
-        else:
+        if kind not in ("sudoku", "sudoku-hard", "maze"):
             raise ValueError(f"cannot generate {kind!r} puzzles (sudoku, sudoku-hard or maze)")
-        return load_split(tmp, "test", mmap=False)
+        seed = nums[ints - 1] if len(nums) > ints - 1 else 12345
+        side = int(config.seq_len**0.5)
+        key = f"{kind}-{'-'.join(map(str, nums))}-seed{seed}" + (f"-loops{loops}" if kind == "maze" else f"-side{side}")
+        cached = EVAL_CACHE / key
+        if not (cached / "test").is_dir():
+
+            def build(out: Path) -> None:
+                if kind == "sudoku-hard":
+                    from training.data import sudoku_hard
+
+                    sudoku_hard.build(out, 0, nums[0], (nums[1], nums[2]), min_rating=nums[3], seed=seed)
+                elif kind == "sudoku":
+                    sudoku.build(out, 0, nums[0], (nums[1], nums[2]), seed=seed, side=side)
+                else:
+                    maze.build(out, 0, nums[0], side=nums[1], min_path=nums[2], seed=seed, loops=loops)
+
+            cached = _keep(build, cached)
+        data = load_split(cached, "test", mmap=False)
+        return pad_mazes(data, nums[1], config.grid_side) if kind == "maze" else data
     path = Path(spec)
     if path.is_dir():
         return load_split(path, "test")
