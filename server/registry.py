@@ -244,9 +244,12 @@ class Registry:
         size-agnostic one."""
         return {c.pool or c.name: c for e in self.models.values() for c in (e.canvases or [e])}
 
-    def pick(self, family: str, name: str | None, side: int | None = None) -> ModelEntry:
-        """The named model, or the family's default: the most accurate on mazes of `side` by the cards' measured
-        figures (`ModelEntry.accuracy_at`), the measured ones first; then one trained on puzzles of `side` if any
+    def pick(
+        self, family: str, name: str | None, side: int | None = None, measured_at: int | None = None
+    ) -> ModelEntry:
+        """The named model, or the family's default: among those that fit `side`, the most accurate on mazes of
+        `measured_at` (`model.puzzles.maze.drawn_side`; default `side`) by the cards' measured figures
+        (`ModelEntry.accuracy_at`), the measured ones first; then one trained on puzzles of `side` if any
         (see `trained_on`), then the smallest grid that fits it (cheapest compute).
 
         Measured accuracy comes first because training sizes do not tell the better model: the size-agnostic maze
@@ -279,7 +282,8 @@ class Registry:
             raise ValueError(f"puzzle is {side}x{side}, larger than every loaded {family} model ({largest}x{largest})")
         if family != "maze":  # one undominated model at least, unless the cards contradict each other in a cycle
             fitting = [e for e in fitting if not any(o.dominates(e) for o in fitting if o is not e)] or fitting
-        measured = {e.name: e.accuracy_at(side) if side is not None else None for e in fitting}
+        at = measured_at if measured_at is not None else side
+        measured = {e.name: e.accuracy_at(at) if at is not None else None for e in fitting}
         return min(
             fitting,
             key=lambda e: (

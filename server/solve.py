@@ -23,7 +23,7 @@ from inference.views import apply_view, choose, invert_view, views_for
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
 from model.puzzles.arc import ArcTask, decode_grid, needed_side, parse_task
 from model.puzzles.base import PuzzleError
-from model.puzzles.maze import solved_side
+from model.puzzles.maze import drawn_side, solved_side
 from server.arc import ArcModel, ArcPlan, UnknownTask
 from server.metrics import Metrics
 from server.registry import ModelEntry, Registry
@@ -122,7 +122,8 @@ class Solver:
             message = "adapt_budget_s applies to ARC tasks (test-time training); sudoku and maze have none"
             raise ApiError(422, "invalid_request", message, "adapt_budget_s")
         try:
-            entry = self.registry.pick(req.puzzle, req.model, _side_of(req))
+            measured_at = drawn_side(req.grid) if req.puzzle == "maze" else None
+            entry = self.registry.pick(req.puzzle, req.model, _side_of(req), measured_at)
         except KeyError as exc:
             raise ApiError(404, "unknown_model", str(exc.args[0]), "model") from exc
         except ValueError as exc:

@@ -73,19 +73,38 @@ def inside(grid: np.ndarray) -> np.ndarray:
     return grid[1:-1, 1:-1] if has_ring(grid) else grid
 
 
-def solved_side(raw: Any) -> int | None:
-    """The longer side of the part of a raw request maze that is solved (two less with a wall ring), or None when
-    `raw` is not a list of strings; routing needs it before the maze is parsed."""
+def _outer_cells(raw: Any) -> set[str] | None:
+    """The characters on a raw request maze's outermost rows and columns, or None when `raw` is not a list of at
+    least three strings of at least three characters (too small to have a ring)."""
+    if not isinstance(raw, list) or len(raw) < 3 or not all(isinstance(row, str) and len(row) >= 3 for row in raw):
+        return None
+    return set(raw[0]) | set(raw[-1]) | {row[0] for row in raw} | {row[-1] for row in raw}
+
+
+def _longest(raw: Any) -> int | None:
     if not isinstance(raw, list) or not raw or not all(isinstance(row, str) for row in raw):
         return None
-    ring = (
-        len(raw) >= 3
-        and all(len(row) >= 3 for row in raw)
-        and set(raw[0]) == set(raw[-1]) == {"#"}
-        and all(row[0] == "#" and row[-1] == "#" for row in raw)
-    )
-    longest = max(len(raw), max(len(row) for row in raw))
-    return longest - 2 if ring else longest
+    return max(len(raw), max(len(row) for row in raw))
+
+
+def solved_side(raw: Any) -> int | None:
+    """The longer side of the part of a raw request maze that is solved (two less with a solid wall ring, which is
+    taken off), or None when `raw` is not a list of strings; routing needs it before the maze is parsed."""
+    longest = _longest(raw)
+    return None if longest is None else longest - 2 * (_outer_cells(raw) == {"#"})
+
+
+def drawn_side(raw: Any) -> int | None:
+    """The side routing compares models at: the longer side inside the wall ring whenever the maze is drawn with
+    one, doors included (S or G set in the ring, as many generators draw entrance and exit), else the whole side.
+
+    A maze with doors keeps its ring (S and G are on it) and is solved at its whole size, but it is a ring-drawn
+    maze: the held-out records routing reads (`server.registry.measured_maze_accuracy`) count such mazes among the
+    ring-drawn ones, by the side inside the ring. Keyed by its whole side it would go where unbordered mazes of
+    that size do best, to a fixed-size model that never saw a ring."""
+    longest = _longest(raw)
+    outer = _outer_cells(raw)
+    return None if longest is None else longest - 2 * (outer is not None and outer <= {"#", "S", "G"})
 
 
 class Maze(np.ndarray):  # type: ignore[type-arg]

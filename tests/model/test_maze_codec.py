@@ -17,6 +17,7 @@ from model.puzzles.maze import (
     MazeCodec,
     chars_to_tokens,
     count_shortest_paths,
+    drawn_side,
     is_shortest_path_answer,
     mark_path,
     shortest_path,
@@ -226,6 +227,12 @@ def test_a_ring_with_a_door_is_part_of_the_maze() -> None:
     door[0] = "#S" + "#" * 5
     door[1] = "#" + " " + door[1][2:]  # the maze's own S becomes open, entered from the ring
     assert solved_side(door) == 7
+    # routing still compares models on ring-drawn mazes of the size inside the ring, where held-out records count it
+    assert drawn_side(door) == 5 and drawn_side(bordered(MAZE)) == 5
+    assert drawn_side(MAZE) == 5 and drawn_side(["ab"]) == 2 and drawn_side("not rows") is None
+    opening = bordered(MAZE)
+    opening[0] = "# " + "#" * 5  # a gap that is neither S nor G: not a ring
+    assert drawn_side(opening) == 7 == solved_side(opening)
 
 
 RECT = [

@@ -121,6 +121,24 @@ def test_a_maze_goes_to_the_model_measured_most_accurate_at_its_size(
     assert response.json()["model"] == expected
 
 
+def door_maze(side: int) -> list[str]:
+    """A side x side maze drawn with a wall ring whose doors are S and G: an open room inside."""
+    inner = [f"#{' ' * (side - 2)}#" for _ in range(side - 2)]
+    return ["#S" + "#" * (side - 2), *inner, "#" * (side - 2) + "G#"]
+
+
+def test_a_maze_with_doors_in_its_ring_is_routed_as_a_ring_drawn_maze(measured_client: TestClient) -> None:
+    # Both are 11 cells a side and solved whole; the door maze is compared where ring-drawn mazes of 9 inside
+    # are measured (maze-12 0.8 against 0.5), the unbordered one at 11 (maze-any 0.9 against 0.6).
+    for grid, expected in ((door_maze(11), "maze-12"), (maze(11), "maze-any")):
+        response = measured_client.post("/solve", json={"puzzle": "maze", "grid": grid, "max_steps": 1})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == expected
+    door = door_maze(11)
+    answer = measured_client.post("/solve", json={"puzzle": "maze", "grid": door, "max_steps": 1}).json()
+    assert answer["solution"][0] == door[0] and answer["solution"][-1] == door[-1]  # ring and doors as given
+
+
 @pytest.mark.parametrize("name", ["maze-8", "maze-12"])
 def test_a_fixed_model_stays_selectable_by_name_where_another_measures_better(
     measured_client: TestClient, name: str
