@@ -25,7 +25,7 @@ DEFAULT_OUT = Path(__file__).resolve().parents[2] / "server" / "static" / "sampl
 SUDOKU_BANDS = ((24, 27), (28, 31), (32, 35), (36, 40))
 """Givens ranges, equal shares of the Sudoku samples: 24-27 is hard for small models, 36-40 nearly trivial."""
 MAZE_SIZES = {9: (12, 8), 11: (12, 12), 13: (12, 16), 15: (14, 20)}
-"""side -> (how many, minimum S->G path length): 9x9 is the shipped maze-9x9 model's size."""
+"""side -> (how many, minimum S->G path length) of the page's example mazes."""
 ARC_TASKS = 20
 ARC_MAX_SIDE = 15  # small grids draw legibly on the page and fit small ARC models
 ARC_MAX_CHARS = 6000  # serialized task size: keeps samples.json small
