@@ -226,12 +226,12 @@ def _keep(build: Callable[[Path], object], cache: Path) -> Path:
     this run alone; where another process got there first, its copy is used."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        built = Path(tempfile.mkdtemp(prefix=".build-", dir=cache.parent))
+        built, writable = Path(tempfile.mkdtemp(prefix=".build-", dir=cache.parent)), True
     except OSError:
-        built = Path(tempfile.mkdtemp(prefix="trm-eval-"))
-        build(built)
-        return built
+        built, writable = Path(tempfile.mkdtemp(prefix="trm-eval-")), False
     build(built)
+    if not writable:
+        return built
     try:
         built.rename(cache)
     except OSError:
