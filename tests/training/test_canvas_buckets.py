@@ -3,7 +3,9 @@ canvas changes, a resumable stream, per-canvas evaluation, and a data cache that
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -167,3 +169,18 @@ def test_a_cache_built_before_a_new_data_field_is_not_rebuilt(tmp_path: Path) ->
     assert asdict(changed.data)["n_train"] == 24
     build_or_load(changed)  # a real change still rebuilds
     assert marker.stat().st_mtime_ns != mtime
+
+
+def test_a_run_waits_while_another_builds_the_same_dataset(tmp_path: Path) -> None:
+    """Two runs of one preset started together must not build into one directory at once (one read the other's
+    half-written arrays); the later one waits for the lock the builder holds, then loads the finished set."""
+    preset = load_preset("sudoku-4x4-tiny", [f"data.cache_dir={tmp_path / 'cache'}", "data.n_train=16"])
+    loaded: list[int] = []
+    with open(tmp_path / ".cache.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: loaded.append(len(build_or_load(preset)[1])))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not (tmp_path / "cache" / "data_config.json").exists()
+    waiter.join(timeout=60)
+    assert loaded == [16] and (tmp_path / "cache" / "data_config.json").is_file()

@@ -6,6 +6,7 @@ changed `[data]` section rebuilds instead of silently training on stale data.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -110,15 +111,19 @@ def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | N
     # A field added to DataConfig since the cache was built is still at its default there, so it is filled in
     # rather than taken for a change (a rebuild of the hard-Sudoku set takes minutes).
     defaults = {k: v for k, v in asdict(DataConfig()).items() if k != "cache_dir"}
-    built = {**defaults, **json.loads(stamp.read_text())} if stamp.is_file() else None
-    if built != wanted:
-        if root.exists():
-            log.info("data config changed; rebuilding %s", root)
-            shutil.rmtree(root)
-        log.info("building dataset %s with builder %s", root, preset.data.builder)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        build(preset.data, root)
-        stamp.write_text(json.dumps(wanted, indent=2))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs of one preset started together (a run and its benchmark twin) would otherwise build into the same
+    # directory at once, and one would read the other's half-written arrays; the second waits and reuses the set.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = {**defaults, **json.loads(stamp.read_text())} if stamp.is_file() else None
+        if built != wanted:
+            if root.exists():
+                log.info("data config changed; rebuilding %s", root)
+                shutil.rmtree(root)
+            log.info("building dataset %s with builder %s", root, preset.data.builder)
+            build(preset.data, root)
+            stamp.write_text(json.dumps(wanted, indent=2))
     meta = load_meta(root)
     test = load_split(root, "test") if (root / "test").is_dir() else None
     return meta, load_split(root, "train"), test
