@@ -63,7 +63,9 @@ def _eval_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     """Generated held-out sets go to the session's temporary directory, not the checkout's data_cache/."""
     from training.data import sources
 
-    monkeypatch.setattr(sources, "EVAL_CACHE", tmp_path_factory.getbasetemp() / "eval-cache")
+    cache = tmp_path_factory.getbasetemp() / "eval-cache"
+    monkeypatch.setattr(sources, "EVAL_CACHE", cache)
+    monkeypatch.setenv("TRM_EVAL_CACHE", str(cache))  # for the CLIs tests start as subprocesses
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -287,7 +288,12 @@ def test_cli_as_a_module_prints_json_with_the_headline_figures(weights: Path, tm
             "never",
         ],
         cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+            "TMPDIR": str(tmp_path),
+            "TRM_EVAL_CACHE": os.environ["TRM_EVAL_CACHE"],
+        },
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -220,9 +221,10 @@ def _people_mazes(spec: str, fields: list[str], config: TRMConfig) -> PuzzleSet:
     return serve_layout(questions, labels, config)
 
 
-EVAL_CACHE = Path("data_cache/eval")
+EVAL_CACHE = Path(os.environ.get("TRM_EVAL_CACHE", "data_cache/eval"))
 """Where generated held-out sets are kept, one directory per spec: generation is deterministic by seed, and the
-hard-Sudoku generator takes minutes for a few hundred puzzles of 17-21 givens, so each set is built once."""
+hard-Sudoku generator takes minutes for a few hundred puzzles of 17-21 givens, so each set is built once.
+`TRM_EVAL_CACHE` moves it (the tests send it, and the CLIs they start, to a temporary directory)."""
 
 
 def _keep(build: Callable[[Path], object], cache: Path) -> Path:
