@@ -201,6 +201,7 @@ def evaluate_arc(
     if mode == "adapt" and adapt.ttt == "vectors":
         runner = frozen_copy(model, device)
     ttt_exact, ttt_steps = [], []
+    fit_steps: list[int] = []  # optimiser steps of each task's final fit (network test-time training)
     cell_right, cell_total = 0, 0
     for name in tqdm(sorted(tasks), desc="tasks", disable=not progress, leave=False, file=sys.stderr):
         try:
@@ -223,6 +224,7 @@ def evaluate_arc(
         if adapt.ttt == "network":
             answer = solve_unseen(model, task, side, policy, adapt.time_budget_s, recipe, init)
             adapt_seconds.append(answer.seconds)
+            fit_steps.append(answer.report.steps_taken)
             for t in range(len(task.test)):
                 candidates[(name, t)] = answer.candidates(t)
             for r, (t, v) in enumerate(answer.keys):
@@ -319,6 +321,9 @@ def evaluate_arc(
         summary["adapt_budget_s"] = adapt.time_budget_s
         summary["adapt_seconds_per_task"] = round(float(np.mean(adapt_seconds)), 3) if adapt_seconds else 0.0
         summary["adapt_seconds_max"] = round(float(np.max(adapt_seconds)), 3) if adapt_seconds else 0.0
+        if fit_steps:
+            summary["fit_steps_per_task"] = round(float(np.mean(fit_steps)), 1)
+            summary["fit_steps_unfitted_tasks"] = sum(steps == 0 for steps in fit_steps)
     return summary, submission
 
 
