@@ -24,7 +24,8 @@ class DataConfig:
     builder: str = "sudoku"
     """sudoku | sudoku-hard | sudoku-csv | maze | maze-people | maze-csv | arc. `maze-people` mixes every style of
     `training.data.mazes_people` with sides min_grid_size (5 when unset)..grid_size, in a (grid_size + 1)-square
-    canvas of walls, and opens up to `maze_loops` of the inner walls; it is for the size-agnostic `conv` model."""
+    canvas of walls (or canvases from `min_canvas` up), and opens up to `maze_loops` of the inner walls; it is for
+    the size-agnostic `conv` model."""
     cache_dir: str = ""
     """Built dataset directory; empty means data_cache/<preset name>."""
     path: str = ""
@@ -54,10 +55,11 @@ class DataConfig:
     """ARC: the source's subsets to use ("training", "evaluation", ...); empty = all it has."""
     arc_test_set: str = "evaluation"
     """ARC: the subset whose test inputs form the test split (only its demonstrations are trained on)."""
-    arc_canvas: int = 0
-    """ARC with a size-agnostic (`conv`) model: its smallest canvas; each task goes on the smallest canvas of
-    `inference.canvas.canvas_sides(arc_canvas, 30)` that holds it, as the server lays it out (0: one grid_size
-    canvas for every task, the reference layout)."""
+    min_canvas: int = 0
+    """A size-agnostic (`conv`) model's smallest canvas, for `arc` and `maze-people`: each example goes on the
+    smallest canvas of `inference.canvas.canvas_sides(min_canvas, limit)` that holds it, as the server lays it out
+    (the limit: 30 for ARC, grid_size for mazes), and batches hold one canvas each (0: one grid_size canvas for
+    every example; for ARC the reference layout)."""
     arc_max_tasks: int = 0
     """ARC: use only the first N training tasks (0 = all)."""
     num_aug: int = 1000

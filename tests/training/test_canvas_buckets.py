@@ -154,12 +154,13 @@ def test_evaluation_by_canvas_weighs_each_canvas_by_its_puzzles(
     assert evaluate_by_canvas(model, test, limit=5)["puzzles"] == 5
 
 
-def test_a_cache_built_before_a_new_data_field_is_not_rebuilt(tmp_path: Path) -> None:
+def test_a_cache_built_before_a_field_was_added_or_renamed_is_not_rebuilt(tmp_path: Path) -> None:
     preset = load_preset("sudoku-4x4-tiny", [f"data.cache_dir={tmp_path / 'cache'}", "data.n_train=16"])
     build_or_load(preset)
     stamp = tmp_path / "cache" / "data_config.json"
     old = json.loads(stamp.read_text())
-    del old["arc_canvas"]  # as written before the field existed
+    del old["min_canvas"]  # as written before the field existed
+    old["arc_canvas"] = 0  # a field since renamed
     stamp.write_text(json.dumps(old))
     marker = tmp_path / "cache" / "train" / "inputs.npy"
     mtime = marker.stat().st_mtime_ns

@@ -3,15 +3,18 @@ label is a shortest path; the mixed set for the size-agnostic model lays them in
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from inference.canvas import canvas_for
 from model.puzzles.maze import GOAL, OPEN, PATH, START, WALL, count_shortest_paths, is_shortest_path_answer
 from training.config import load_preset
 from training.data import mazes_people
-from training.data.dataset import load_meta, load_split
+from training.data.dataset import by_canvas, load_meta, load_split
+from training.sampler import BatchStream
 
 
 def border(grid: np.ndarray) -> np.ndarray:
@@ -94,9 +97,37 @@ def test_mixed_set_lays_every_style_into_one_wall_canvas_without_train_test_over
     assert not any(row.tobytes() in seen for row in test.inputs)
 
 
+def test_larger_mazes_go_on_the_smallest_canvas_that_holds_them_as_the_server_lays_them(tmp_path: Path) -> None:
+    root = mazes_people.build(tmp_path / "d", 200, 40, max_side=23, min_side=5, seed=3, min_canvas=16)
+    assert load_meta(root).seq_len == 16 * 16  # the model's own canvas is the smallest
+    train = load_split(root, "train", mmap=False)
+    h, w, canvas = train.extras["height"], train.extras["width"], train.extras["canvas"]
+    assert [canvas_for(int(max(a, b)), 16, 23) for a, b in zip(h, w, strict=True)] == canvas.tolist()
+    assert set(canvas.tolist()) == {16, 24}
+    parts = dict(by_canvas(train))
+    for side, part in parts.items():
+        q, a = part.inputs.reshape(-1, side, side), part.labels.reshape(-1, side, side)
+        assert (q[:, -1] == WALL).all() and (q[:, :, -1] == WALL).all()  # the seam of the torus
+        ph, pw = part.extras["height"], part.extras["width"]
+        for i in range(len(q)):
+            assert (q[i, ph[i] :] == WALL).all() and (a[i, :, pw[i] :] == 0).all()
+            assert is_shortest_path_answer(q[i, : ph[i], : pw[i]], a[i, : ph[i], : pw[i]])
+    stream = BatchStream(train, 8, seed=0, bucket_run=1)
+    assert {int(np.sqrt(stream.next().inputs.shape[1])) for _ in range(12)} == {16, 24}
+
+
 def test_maze_any_cpu_preset_is_a_conv_model_on_small_people_mazes() -> None:
     preset = load_preset("maze-any-cpu")
     assert preset.model.mixer == "conv" and preset.model.pos_encodings == "none"
     assert preset.data.builder == "maze-people" and preset.data.grid_size <= 15
     assert preset.model.seq_len == (preset.data.grid_size + 1) ** 2
     assert preset.train.threads == 1 and preset.train.dtype == "float32" and preset.train.save_every_steps > 0
+
+
+def test_the_second_maze_any_stage_trains_the_same_model_on_larger_mazes_on_its_own_canvases() -> None:
+    first, second = load_preset("maze-any-cpu"), load_preset("maze-any-cpu-stage2")
+    same = dataclasses.replace(second.model, training=first.model.training)
+    assert same == first.model  # init_from needs the same architecture, and the server the same canvas
+    assert second.train.init_from == "weights/maze-any" and second.data.builder == "maze-people"
+    assert second.data.grid_size > first.data.grid_size and second.data.min_canvas == first.data.grid_size + 1
+    assert second.data.seed != first.data.seed  # fresh mazes, not the first stage's again

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.canvas import canvas_for, canvas_sides
 from model.puzzles.maze import GOAL, OPEN, PATH, START, WALL
 from training.data.compiled import njit
 from training.data.dataset import DatasetMeta, PuzzleSet, save_dataset
@@ -380,13 +381,20 @@ def build(
     min_side: int = 5,
     loops_max: float = 0.2,
     seed: int = 0,
+    min_canvas: int = 0,
 ) -> Path:
     """A mixed dataset of people-style mazes (every generator, ring or not, square or not, loops, rooms, doors)
     with sides min_side..max_side, each laid into a (max_side + 1)-square canvas of walls; returns its directory.
 
+    With `min_canvas`, each maze goes instead on the smallest canvas of `inference.canvas.canvas_sides(min_canvas,
+    max_side)` that holds it with its wall margin, as the server lays a maze out, and is stored in the top-left
+    corner of the largest one with its own canvas in the `canvas` extra (`training.sampler` batches one canvas at
+    a time and cuts it out): a 9x9 maze among 31x31 ones costs a 16x16 step, not a 32x32 one.
+
     Every maze has a unique shortest path. Duplicates are dropped so no test maze is also a training maze.
     """
-    canvas = max_side + 1
+    canvases = canvas_sides(min_canvas, max_side) if min_canvas else [max_side + 1]
+    canvas = canvases[-1]  # the storage canvas
     rng = np.random.default_rng(seed)
     want = n_train + n_test
     styles = draw_styles(want + want // 4 + 16, min_side, max_side, loops_max, rng)
@@ -404,6 +412,10 @@ def build(
         raise RuntimeError(f"only {len(keep)} distinct mazes of sides {min_side}..{max_side}, {want} needed")
     table = np.array(extras, dtype=np.int64)[keep]
     kinds = np.array([GENERATORS.index(styles[i]["generator"]) for i in table[:, 4]], dtype=np.int32)
+    longest = np.maximum(table[:, 1], table[:, 2])
+    own = np.array(
+        [canvas_for(int(side), min_canvas, max_side) if min_canvas else canvas for side in longest], np.int16
+    )
 
     def split(rows: np.ndarray) -> PuzzleSet:
         n = len(rows)
@@ -418,6 +430,7 @@ def build(
                 "width": table[rows, 2].astype(np.int32),
                 "ring": table[rows, 3].astype(np.int32),
                 "generator": kinds[rows],
+                **({"canvas": own[rows]} if min_canvas else {}),
             },
         )
 
@@ -428,6 +441,7 @@ def build(
         "min_side": min_side,
         "max_side": max_side,
         "canvas": canvas,
+        **({"canvases": canvases} if min_canvas else {}),
         "loops_max": loops_max,
         "generators": list(GENERATORS),
         "mean_path_length": float(table[:, 0].mean()) if want else 0.0,
@@ -436,7 +450,9 @@ def build(
         f"people-style mazes, sides {min_side}..{max_side} (square and rectangular, with and without the wall "
         f"ring, {len(GENERATORS)} generators, loops up to p={loops_max}, open rooms, doors), unique shortest "
         f"paths, in a {canvas}x{canvas} wall canvas"
+        if not min_canvas
+        else f"paths, each in the smallest of the {'/'.join(map(str, canvases))} wall canvases that holds it"
     )
     log.info("%s: %d train / %d test, mean path %.1f", desc, n_train, n_test, source["mean_path_length"])
-    meta = DatasetMeta("maze", 6, canvas * canvas, 1, "dihedral", desc, source)
+    meta = DatasetMeta("maze", 6, canvases[0] ** 2, 1, "dihedral", desc, source)  # the model's own: the smallest
     return save_dataset(out_dir, meta, {"train": split(rows[:n_train]), "test": split(rows[n_train:])})

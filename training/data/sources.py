@@ -83,6 +83,7 @@ def build(data: DataConfig, out: Path) -> Path:
             min_side=data.min_grid_size or 5,
             loops_max=data.maze_loops,
             seed=data.seed,
+            min_canvas=data.min_canvas,
         )
     if data.builder == "maze-csv":
         train, test = _csv_pair(data.path)
@@ -95,7 +96,7 @@ def build(data: DataConfig, out: Path) -> Path:
             source=data.arc_source,
             subsets=data.arc_subsets or None,
             test_set=data.arc_test_set,
-            canvas=data.arc_canvas,
+            canvas=data.min_canvas,
             num_aug=data.num_aug,
             seed=data.seed,
             max_tasks=data.arc_max_tasks or None,
@@ -110,14 +111,16 @@ def build_or_load(preset: Preset) -> tuple[DatasetMeta, PuzzleSet, PuzzleSet | N
     stamp = root / "data_config.json"
     wanted = {k: v for k, v in asdict(preset.data).items() if k != "cache_dir"}  # where, not what
     # A field added to DataConfig since the cache was built is still at its default there, so it is filled in
-    # rather than taken for a change (a rebuild of the hard-Sudoku set takes minutes).
+    # rather than taken for a change (a rebuild of the hard-Sudoku set takes minutes); a field since renamed or
+    # removed no longer describes anything and is dropped.
     defaults = {k: v for k, v in asdict(DataConfig()).items() if k != "cache_dir"}
     root.parent.mkdir(parents=True, exist_ok=True)
     # Two runs of one preset started together (a run and its benchmark twin) would otherwise build into the same
     # directory at once, and one would read the other's half-written arrays; the second waits and reuses the set.
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        built = {**defaults, **json.loads(stamp.read_text())} if stamp.is_file() else None
+        stamped = json.loads(stamp.read_text()) if stamp.is_file() else None
+        built = {**defaults, **{k: v for k, v in stamped.items() if k in defaults}} if stamped is not None else None
         if built != wanted:
             if root.exists():
                 log.info("data config changed; rebuilding %s", root)
