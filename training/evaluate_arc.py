@@ -202,6 +202,7 @@ def evaluate_arc(
         runner = frozen_copy(model, device)
     ttt_exact, ttt_steps = [], []
     fit_steps: list[int] = []  # optimiser steps of each task's final fit (network test-time training)
+    fit_chosen: list[int] = []  # the steps its leave-one-out probe chose, before the budget cut any
     cell_right, cell_total = 0, 0
     for name in tqdm(sorted(tasks), desc="tasks", disable=not progress, leave=False, file=sys.stderr):
         try:
@@ -225,6 +226,7 @@ def evaluate_arc(
             answer = solve_unseen(model, task, side, policy, adapt.time_budget_s, recipe, init)
             adapt_seconds.append(answer.seconds)
             fit_steps.append(answer.report.steps_taken)
+            fit_chosen.append(answer.report.steps_chosen)
             for t in range(len(task.test)):
                 candidates[(name, t)] = answer.candidates(t)
             for r, (t, v) in enumerate(answer.keys):
@@ -324,6 +326,8 @@ def evaluate_arc(
         if fit_steps:
             summary["fit_steps_per_task"] = round(float(np.mean(fit_steps)), 1)
             summary["fit_steps_unfitted_tasks"] = sum(steps == 0 for steps in fit_steps)
+            summary["fit_steps_chosen_per_task"] = round(float(np.mean(fit_chosen)), 1)
+            summary["fit_steps_chosen_zero_tasks"] = sum(steps == 0 for steps in fit_chosen)
     return summary, submission
 
 

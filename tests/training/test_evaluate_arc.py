@@ -121,7 +121,8 @@ def test_cli_prints_pass_at_k_json_and_writes_the_submission(
     assert summary["variants_per_test_input"] == 2 and summary["tasks"] == 2
     assert ("adapt_seconds_per_task" in summary) == (mode == "adapt")
     if mode == "adapt":  # network test-time training: how many optimiser steps each task's final fit took
-        assert 0 < summary["fit_steps_per_task"] <= 3 and 0 <= summary["fit_steps_unfitted_tasks"] <= 2
+        assert 0 < summary["fit_steps_per_task"] <= summary["fit_steps_chosen_per_task"] <= 3
+        assert 0 <= summary["fit_steps_unfitted_tasks"] <= 2 and 0 <= summary["fit_steps_chosen_zero_tasks"] <= 2
     submission = json.loads(out.read_text())
     assert sorted(submission) == ["eval0001", "eval0002"]
     assert [len(submission[t]) for t in ("eval0001", "eval0002")] == [1, 2]
