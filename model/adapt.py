@@ -251,6 +251,9 @@ class NetworkFitReport:
     """Training loss of every final-fit step (token loss + halting term), before its update."""
     budget_cut: bool = False
     """The budget ended a fold or the final fit before its planned step count (or skipped the fit altogether)."""
+    probe_abandoned: bool = False
+    """The first fold's first step showed the budget could not take it to `min_probe_steps`, so the probe stopped
+    there and the final fit got its time, aiming at the cap."""
 
 
 class _Clock:
@@ -382,6 +385,8 @@ class _FineTuned:
     losses: list[float]
     cut: bool
     """The clock stopped it before `steps`."""
+    abandoned: bool = False
+    """A probe fold stopped after its first step: at that step's cost it could not reach `abandon_below` steps."""
 
 
 def _fine_tune(
@@ -394,9 +399,11 @@ def _fine_tune(
     clock: _Clock,
     until: float,
     held: _Demos | None,
+    abandon_below: int = 0,
 ) -> _FineTuned:
     """Reset `copy` to `weights` and the vectors to `start`, then up to `steps` Adam steps on minibatches of
-    `demos`, scoring `held` (when given) before the first step, every `eval_every` steps and after the last."""
+    `demos`, scoring `held` (when given) before the first step, every `eval_every` steps and after the last; with
+    `abandon_below`, stop after the first step if, at its cost, `abandon_below` steps would not end by `until`."""
     copy.load_state_dict(weights)
     vectors = start.clone().requires_grad_(True)
     adam = _Adam([(list(copy.parameters()), recipe.lr), ([vectors], recipe.vector_lr)])
@@ -431,6 +438,9 @@ def _fine_tune(
         adam.step()
         clock.record(clock.now() - began, batch)
         done.losses.append(loss)
+        if step == 0 and abandon_below > 1 and not clock.fits(batch * (abandon_below - 1), until):
+            done.abandoned = done.cut = True
+            return done
     return done
 
 
@@ -448,6 +458,7 @@ def fit_network(
     batch_size: int = 32,
     eval_every: int = 10,
     probe_share: float = 0.5,
+    min_probe_steps: int | None = None,
     single_pair_steps: int | None = None,
     supervision_steps: int = 1,
     halting_weight: float = 0.5,
@@ -488,6 +499,10 @@ def fit_network(
         probe_share: fraction of the budget the first fold may use; later folds need no share of their own. Half:
             the final fit repeats about one fold's steps (times up to k/(k-1)), so an even split lets the first fold
             run to the cap and the final fit to the count it finds.
+        min_probe_steps: steps the first fold must be able to take within its share for the probe to run on
+            (default 2 * eval_every: fewer show where the held-out score starts, not where it turns). Timed on its
+            first step; below it the probe is abandoned and the final fit takes the budget, aiming at the cap. On a
+            CPU, a 32x32 ARC canvas costs seconds a step: the probe would take half the budget to learn nothing.
         single_pair_steps: steps of the fit when there is a single pair; default `max_steps`.
         supervision_steps: supervision steps per optimiser step from a fresh carry, the carry carried forward.
         halting_weight: weight of the Q head's BCE against exactness (training's 0.5; 0 leaves the head alone).
@@ -559,9 +574,15 @@ def fit_network(
                 if fold_began + fold_s > until:
                     break
             held = demos.pair == held_out
-            fit = _fine_tune(copy, weights, start, demos.rows(~held), max_steps, recipe, clock, until, demos.rows(held))
+            floor = 0 if report.folds else (2 * eval_every if min_probe_steps is None else min_probe_steps)
+            fit = _fine_tune(
+                copy, weights, start, demos.rows(~held), max_steps, recipe, clock, until, demos.rows(held), floor
+            )
             fold_s = max(fold_s, clock.now() - fold_began)
             report.budget_cut |= fit.cut
+            if fit.abandoned:
+                report.probe_abandoned = True
+                break
             if not fit.curve:
                 break
             report.folds.append(Fold(held_out, fit.curve))

@@ -225,6 +225,20 @@ def assert_chosen_is_the_best_recorded(report: NetworkFitReport) -> None:
     assert report.best_checkpoint == steps[best]
 
 
+def test_a_probe_the_budget_cannot_take_far_enough_gives_its_time_to_the_final_fit() -> None:
+    """At the first step's cost the first fold could not reach `min_probe_steps` (as on a 32x32 ARC canvas on a
+    CPU, where a step costs seconds): the probe stops after that step, and the final fit aims at the cap."""
+    model = conv_model()
+    task = recolour_task(0, demos=3)
+
+    _, report = fit(model, task, 2.0, max_steps=12, min_probe_steps=10**9)
+
+    assert report.probe_abandoned and report.folds == [] and report.best_checkpoint is None
+    assert report.steps_chosen == 12 and report.steps_taken == 12 and report.budget_cut
+    _, probed = fit(model, task, 2.0, max_steps=12, eval_every=4)  # the default floor, 8 steps: the probe runs
+    assert not probed.probe_abandoned and probed.folds and probed.folds[0].curve[-1].step == 12
+
+
 def test_one_pair_skips_the_probe_and_fits_the_default_count() -> None:
     model = conv_model()
     task = recolour_task(0, demos=1)
