@@ -412,10 +412,10 @@ def build(
         raise RuntimeError(f"only {len(keep)} distinct mazes of sides {min_side}..{max_side}, {want} needed")
     table = np.array(extras, dtype=np.int64)[keep]
     kinds = np.array([GENERATORS.index(styles[i]["generator"]) for i in table[:, 4]], dtype=np.int32)
-    longest = np.maximum(table[:, 1], table[:, 2])
-    own = np.array(
-        [canvas_for(int(side), min_canvas, max_side) if min_canvas else canvas for side in longest], np.int16
-    )
+    bucketed: dict[str, np.ndarray] = {}  # each maze's own canvas, only when there are several
+    if min_canvas:
+        longest = np.maximum(table[:, 1], table[:, 2])
+        bucketed["canvas"] = np.array([canvas_for(int(side), min_canvas, max_side) for side in longest], np.int16)
 
     def split(rows: np.ndarray) -> PuzzleSet:
         n = len(rows)
@@ -430,7 +430,7 @@ def build(
                 "width": table[rows, 2].astype(np.int32),
                 "ring": table[rows, 3].astype(np.int32),
                 "generator": kinds[rows],
-                **({"canvas": own[rows]} if min_canvas else {}),
+                **{name: values[rows] for name, values in bucketed.items()},
             },
         )
 
