@@ -264,7 +264,9 @@ class _Clock:
     (fixed per-call overheads), which errs on the safe side. Before any step has run, one row is timed without
     gradient and scaled by 3 (the differentiated recursion and its backward cost about 3 forwards), so even the
     first step is checked against the deadline; that guess overstates a big batch's cost, so the first measured
-    step replaces it.
+    step replaces it. The first measured step is dropped once a second exists: it pays one-off warm-up (kernel
+    selection, allocator growth; up to several times a later step on a 32x32 canvas), and kept among the last few
+    it would block steps that fit.
     """
 
     def __init__(self, budget_s: float) -> None:
@@ -283,7 +285,10 @@ class _Clock:
         return self.deadline - self.now()
 
     def cost(self, rows: int) -> float:
-        return rows * max(self.per_row[-5:]) if self.per_row else rows * self.prior
+        if not self.per_row:
+            return rows * self.prior
+        timed = self.per_row[1:] or self.per_row
+        return rows * max(timed[-5:])
 
     def fits(self, rows: int, until: float) -> bool:
         """Whether a step on `rows` rows would end before `until` and the deadline."""

@@ -20,6 +20,7 @@ import torch
 from inference.halting import HaltingPolicy
 from model.adapt import (
     NetworkFitReport,
+    _Clock,
     demonstration_batch,
     demonstration_pairs,
     fit_network,
@@ -237,6 +238,17 @@ def test_a_probe_the_budget_cannot_take_far_enough_gives_its_time_to_the_final_f
     assert report.steps_chosen == 12 and report.steps_taken == 12 and report.budget_cut
     _, probed = fit(model, task, 2.0, max_steps=12, eval_every=4)  # the default floor, 8 steps: the probe runs
     assert not probed.probe_abandoned and probed.folds and probed.folds[0].curve[-1].step == 12
+
+
+def test_the_step_estimate_forgets_the_warm_up_step_once_others_are_timed() -> None:
+    """A first step on a new shape can cost several later ones (kernel selection); it must not block steps that
+    fit, but it is all there is to go on until a second step is timed."""
+    clock = _Clock(60.0)
+    clock.record(13.0, 1)
+    assert clock.cost(2) == pytest.approx(26.0)
+    clock.record(2.0, 1)
+    clock.record(3.0, 1)
+    assert clock.cost(2) == pytest.approx(6.0)  # the slowest of the later steps, not the warm-up
 
 
 def test_one_pair_skips_the_probe_and_fits_the_default_count() -> None:
