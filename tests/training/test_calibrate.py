@@ -14,7 +14,15 @@ from model.checkpoint import save_checkpoint
 from model.config import TRMConfig
 from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
-from training.calibrate import choose, sweep, sweep_views, trace_answers, trace_views
+from training.calibrate import (
+    choose,
+    choose_horizon,
+    horizon_sweep,
+    sweep,
+    sweep_views,
+    trace_answers,
+    trace_views,
+)
 from training.scoring import evaluate_model, evaluate_views
 
 # Three puzzles, four steps. Puzzle 0 is right from step 2 on; puzzle 1 only at step 4; puzzle 2 is right at step 1
@@ -51,6 +59,16 @@ def test_choose_takes_the_lowest_threshold_within_tolerance_of_the_best_else_the
     assert choose(rows, never, tolerance=0.34) == 0.5  # a loose tolerance: the cheapest within reach of the best
     assert choose(rows, 1.0, tolerance=0.005) == 0.9  # only 0.9 and 0.95 reach 1.0; the lower wins
     assert choose(rows, 1.5, tolerance=0.0) == 0.9  # none qualifies: the most accurate, fewest steps
+
+
+def test_the_horizon_is_the_shortest_whose_best_threshold_is_within_tolerance_of_the_longest() -> None:
+    """Puzzle 1 is right only at step 4: cut at 2 steps the best threshold gets two of three, at 4 all three."""
+    rows = horizon_sweep(ANSWERS, PROBS, LABELS, None, (4, 2), tolerance=0.005)
+    assert [row["max_steps"] for row in rows] == [2, 4]
+    assert rows[0]["exact_accuracy"] == pytest.approx(2 / 3, abs=1e-4) and rows[1]["exact_accuracy"] == 1.0
+    assert rows[1]["mean_steps"] == pytest.approx((2 + 4 + 1) / 3, abs=1e-3)  # threshold 0.7: steps 2, 4 and 1
+    assert choose_horizon(rows, 0.005) == 4
+    assert choose_horizon(rows, 0.4) == 2  # a third of a point is within a 0.4 tolerance: the shorter wins
 
 
 def test_trace_matches_the_manual_step_loop() -> None:
@@ -168,6 +186,23 @@ def test_cli_max_steps_sweeps_past_the_trained_horizon_and_stores_it_with_the_th
     assert calibrate.main([*argv, "--views", "8"]) == 0
     card = json.loads((weights / "metrics.json").read_text())
     assert card_max_steps(card, 8) == model.config.halt_max_steps  # its own calibration, at the trained horizon
+
+
+def test_cli_horizons_stores_the_chosen_horizon_with_its_threshold_and_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+    assert calibrate.main([*argv, "--horizons", "2,5"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    table = {row["max_steps"]: row for row in printed["horizons"]}
+    assert set(table) == {2, 5} and printed["max_steps"] in table
+    assert printed["threshold"] == table[printed["max_steps"]]["threshold"]
+    assert card_max_steps(json.loads((weights / "metrics.json").read_text())) == printed["max_steps"]
+    with pytest.raises(SystemExit):
+        calibrate.main([*argv, "--horizons", "2,5", "--views", "2"])
+    assert "one view" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
