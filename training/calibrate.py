@@ -222,17 +222,15 @@ def calibrate(
     n = min(len(data), limit) if limit else len(data)
     labels, inputs = np.asarray(data.labels)[:n], np.asarray(data.inputs)[:n]
     horizon_rows: list[dict[str, float]] = []
-    if horizons:
+    if views == 1:
         answers, probs = trace_answers(model, data, limit=limit, dtype=dtype, max_steps=max_steps, rules=rules)
         verified = check_trace(rules, inputs, answers)
-        horizon_rows = horizon_sweep(answers, probs, labels, verified, horizons, tolerance)
-        max_steps = choose_horizon(horizon_rows, tolerance)
-        answers, probs = answers[:max_steps], probs[:max_steps]
-        rows = sweep(answers, probs, labels, None if verified is None else verified[:max_steps])
-        never = float(exact(answers[-1], labels).mean())
-    elif views == 1:
-        answers, probs = trace_answers(model, data, limit=limit, dtype=dtype, max_steps=max_steps, rules=rules)
-        rows = sweep(answers, probs, labels, check_trace(rules, inputs, answers))
+        if horizons:
+            horizon_rows = horizon_sweep(answers, probs, labels, verified, horizons, tolerance)
+            max_steps = choose_horizon(horizon_rows, tolerance)
+            answers, probs = answers[:max_steps], probs[:max_steps]
+            verified = None if verified is None else verified[:max_steps]
+        rows = sweep(answers, probs, labels, verified)
         never = float(exact(answers[-1], labels).mean())
     else:
         vanswers, vprobs = trace_views(model, data, views, limit, dtype, max_steps, rules)
