@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from inference.escalation import DEFAULT_BUDGET_STEPS
 from model.config import TRMConfig
 
 DEFAULT_HALT_THRESHOLD = 0.5
@@ -93,11 +94,22 @@ class HaltingPolicy:
         return None
 
 
-def halting_key(views: int = 1, canvas: int | None = None) -> str:
+ALONE = 0
+"""Where `Calibration` keeps, among its records by view count, the one for a single view that gets no further view
+(`halting_key(alone=True)`)."""
+
+
+def halting_key(views: int = 1, canvas: int | None = None, alone: bool = False) -> str:
     """Where `python -m training.calibrate --views K` stores its result in metrics.json; a size-agnostic maze model
-    calibrated on mazes that run on another canvas than its own (`inference.canvas`) gets a key per canvas."""
+    calibrated on mazes that run on another canvas than its own (`inference.canvas`) gets a key per canvas.
+
+    `alone` (one view): the calibration of `training.calibrate --alone`, for requests whose single view gets no
+    further view from a step budget (`budget: 0`, or halting by the Q head alone). Such a view has every step of
+    the request to itself, so its best horizon is longer than that of a first view that escalation backs up."""
+    if alone and views != 1:
+        raise ValueError("a calibration for a view alone is for one view")
     key = "halting" if canvas is None else f"halting_canvas{canvas}"
-    return key if views == 1 else f"{key}_views{views}"
+    return f"{key}_alone" if alone else key if views == 1 else f"{key}_views{views}"
 
 
 def _canvas_key(key: str) -> bool:
@@ -134,8 +146,8 @@ class Calibration:
     def from_card(cls, card: dict[str, Any], config: TRMConfig) -> Calibration:
         def read(canvas: int | None) -> dict[int, Calibrated]:
             records: dict[int, Calibrated] = {}
-            for views in range(1, 9):
-                record = card.get(halting_key(views, canvas))
+            for views in range(ALONE, 9):
+                record = card.get(halting_key(max(views, 1), canvas, alone=views == ALONE))
                 threshold = _threshold(record.get("threshold")) if isinstance(record, dict) else None
                 if isinstance(record, dict) and threshold is not None:
                     records[views] = Calibrated(threshold, _horizon(record.get("max_steps")))
@@ -145,8 +157,9 @@ class Calibration:
         by_canvas = {side: records for side in sorted(canvases) if (records := read(side))}
         return cls(read(None), config.halt_max_steps, by_canvas)
 
-    def record(self, views: int = 1, canvas: int | None = None) -> Calibrated | None:
-        """The calibration for answers voted over `views` symmetries: that many views' own, else one view's.
+    def record(self, views: int = 1, canvas: int | None = None, alone: bool = False) -> Calibrated | None:
+        """The calibration for answers voted over `views` symmetries: that many views' own, else one view's; for one
+        view `alone` (no further views will back it up), its own calibration first.
 
         A vote forgives a view that halted too early, so its threshold can be lower than a single view's (maze-9x9:
         0.6 against 0.8 for the same 8-view accuracy, a sixth fewer steps). A threshold and the horizon it was swept
@@ -155,14 +168,15 @@ class Calibration:
         """
         sides = [side for side in self.by_canvas if canvas is not None and side <= canvas]
         table = self.by_canvas[max(sides)] if sides else self.by_views
-        return table.get(views) or table.get(1)
+        own = table.get(ALONE) if alone and views == 1 else None
+        return own or table.get(views) or table.get(1)
 
-    def threshold(self, views: int = 1, canvas: int | None = None) -> float:
-        record = self.record(views, canvas)
+    def threshold(self, views: int = 1, canvas: int | None = None, alone: bool = False) -> float:
+        record = self.record(views, canvas, alone)
         return record.threshold if record is not None else DEFAULT_HALT_THRESHOLD
 
-    def horizon(self, views: int = 1, canvas: int | None = None) -> int:
-        record = self.record(views, canvas)
+    def horizon(self, views: int = 1, canvas: int | None = None, alone: bool = False) -> int:
+        record = self.record(views, canvas, alone)
         return record.max_steps if record is not None and record.max_steps else self.trained_horizon
 
     def calibrated_views(self) -> list[int]:
@@ -177,13 +191,18 @@ class Calibration:
         max_steps: int | None = None,
         operator: Operator | None = None,
         canvas: int | None = None,
+        budget: int = DEFAULT_BUDGET_STEPS,
     ) -> HaltingPolicy:
         """The policy for one request: its own `threshold`/`max_steps` first, then the operator's, then this
-        calibration (for `views`, and the canvas a size-agnostic model runs the puzzle on), then the config."""
+        calibration (for `views`, and the canvas a size-agnostic model runs the puzzle on), then the config.
+
+        `budget` is the request's step budget for further views (`inference.escalation`; default the server's): a
+        single view that no budget backs up (a budget of 0, or a mode that checks no answer) is calibrated `alone`."""
         operator = operator or Operator()
+        alone = views == 1 and not (budget and mode == "adaptive")
         return HaltingPolicy(
-            threshold=threshold or operator.threshold or self.threshold(views, canvas),
-            max_steps=max_steps or operator.max_steps or self.horizon(views, canvas),
+            threshold=threshold or operator.threshold or self.threshold(views, canvas, alone),
+            max_steps=max_steps or operator.max_steps or self.horizon(views, canvas, alone),
             mode=mode,
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.canvas import MARGIN, canvas_sides
+from inference.escalation import DEFAULT_BUDGET_STEPS
 from inference.halting import Calibration, HaltingPolicy, HaltMode, Operator
 from model.checkpoint import CONFIG_FILE, Checkpoint, CheckpointError, load_checkpoint, read_card_metrics
 from model.config import TRMConfig
@@ -104,12 +105,21 @@ class ModelEntry:
     def family(self) -> str:
         return self.config.family
 
-    def policy(self, views: int = 1, mode: HaltMode = "adaptive", max_steps: int | None = None) -> HaltingPolicy:
+    def policy(
+        self,
+        views: int = 1,
+        mode: HaltMode = "adaptive",
+        max_steps: int | None = None,
+        budget: int = DEFAULT_BUDGET_STEPS,
+    ) -> HaltingPolicy:
         """How a request's puzzles halt (`inference.halting`): its `max_steps`, else the server's default, else the
-        horizon calibrated for that many views (a model may keep improving past the horizon it trained with:
-        maze-15x15 45.8% exact at 8 steps, 49.3% at 16), else `halt_max_steps`; the threshold likewise."""
+        horizon calibrated for that many views and its step `budget` (a model may keep improving past the horizon
+        it trained with: maze-15x15 45.8% exact at 8 steps, 49.3% at 16), else `halt_max_steps`; the threshold
+        likewise."""
         canvas = self.codec.side if size_agnostic(self.config) else None  # type: ignore[attr-defined]
-        return self.calibration.policy(views, mode, max_steps=max_steps, operator=self.operator, canvas=canvas)
+        return self.calibration.policy(
+            views, mode, max_steps=max_steps, operator=self.operator, canvas=canvas, budget=budget
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -127,6 +137,7 @@ class ModelEntry:
             "provider": self.engine.provider,
             "halt_threshold": self.policy().threshold,
             "max_steps": self.policy().max_steps,
+            "max_steps_without_budget": self.policy(budget=0).max_steps,  # one view that no further view backs up
             "halt_threshold_by_views": {  # the view counts calibrated apart; others use halt_threshold
                 str(k): self.policy(k).threshold for k in self.calibration.calibrated_views()
             },

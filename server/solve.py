@@ -151,7 +151,7 @@ class Solver:
             message = f"budget.steps is {budget}, at most {self.settings.max_budget_steps}"
             raise ApiError(422, "invalid_request", message, "budget.steps")
         views = req.views or self.settings.default_views
-        policy = entry.policy(views, req.halt, req.max_steps)
+        policy = entry.policy(views, req.halt, req.max_steps, budget)
         prep = Prepared(req, entry, puzzle, [], arrived, policy=policy, deadline=deadline)
         prep.tokens = np.asarray(entry.codec.encode(puzzle), dtype=np.int64)
         if policy.checks_answers and budget:

@@ -121,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     calibration = Calibration.from_card(read_card_metrics(args.weights), ckpt.config)
     canvas = data_canvas(ckpt.config, data)
     policy = calibration.policy(
-        args.views, args.halt, threshold=args.halt_threshold, max_steps=args.max_steps, canvas=canvas
+        args.views,
+        args.halt,
+        threshold=args.halt_threshold,
+        max_steps=args.max_steps,
+        canvas=canvas,
+        budget=args.budget,
     )
     common = {
         "batch_size": args.batch_size,

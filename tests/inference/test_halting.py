@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.halting import Calibration, HaltingPolicy, HaltReason, Operator, first_halts
+from inference.halting import Calibration, HaltingPolicy, HaltReason, Operator, first_halts, halting_key
 from model.config import TRMConfig
 
 V, Q, M = HaltReason.VERIFIED, HaltReason.Q_HEAD, HaltReason.MAX_STEPS
@@ -104,3 +104,19 @@ def test_a_size_agnostic_model_takes_the_horizon_of_the_largest_calibrated_canva
     assert calibration.policy(canvas=136) == HaltingPolicy(0.85, 96)
     assert calibration.policy() == HaltingPolicy(0.9, 12)  # fixed-size models and the own canvas: unchanged
     assert calibration.policy(max_steps=5, canvas=96) == HaltingPolicy(0.85, 5)  # a request still wins
+
+
+def test_a_single_view_without_a_budget_for_more_views_takes_its_own_calibration() -> None:
+    card = {**CARD, "halting_alone": {"threshold": 0.8, "max_steps": 64}, "halting_canvas40_alone": {"threshold": 0.7}}
+    calibration = Calibration.from_card(card, CONFIG)
+    assert calibration.policy() == HaltingPolicy(0.9, 12)  # the default budget backs the first view up
+    assert calibration.policy(budget=0) == HaltingPolicy(0.8, 64)
+    assert calibration.policy(mode="q_head") == HaltingPolicy(0.8, 64, "q_head")  # no check: no further views
+    assert calibration.policy(8, budget=0) == HaltingPolicy(0.6, 8)  # voted views have their own record
+    assert calibration.policy(canvas=64, budget=0) == HaltingPolicy(0.7, 8)  # the canvas's own, at the trained 8
+    assert calibration.policy(max_steps=5, budget=0) == HaltingPolicy(0.8, 5)  # a request still wins
+    assert Calibration.from_card(CARD, CONFIG).policy(budget=0) == HaltingPolicy(0.9, 12)  # none: one view's
+    assert calibration.calibrated_views() == [8]
+    with pytest.raises(ValueError, match="one view"):
+        halting_key(8, alone=True)
+    assert halting_key(alone=True) == "halting_alone" and halting_key(1, 40, alone=True) == "halting_canvas40_alone"

@@ -250,6 +250,24 @@ def test_requests_without_max_steps_run_to_the_calibrated_horizon_unless_the_set
         assert solve(client, puzzle="sudoku", grid=grid, views=8).json()["steps_used"] == (default or 6)
 
 
+def test_a_request_without_a_budget_for_more_views_runs_to_the_horizon_calibrated_for_a_view_alone(
+    tmp_path: Path,
+) -> None:
+    # sigmoid(5) = 0.993 never reaches 0.999: each request runs to the horizon its calibration gives it.
+    ckpt = write_checkpoint(tmp_path / "halts", "sudoku", 81, seed=4, q_halt_bias=5.0)
+    card = {"halting": {"threshold": 0.999, "max_steps": 3}, "halting_alone": {"threshold": 0.999, "max_steps": 9}}
+    (ckpt / "metrics.json").write_text(json.dumps(card))
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        described = client.get("/models").json()["models"][0]
+        assert described["max_steps"] == 3 and described["max_steps_without_budget"] == 9
+        grid = sudoku_puzzle()
+        alone = solve(client, puzzle="sudoku", grid=grid, budget={"steps": 0}, return_steps=True).json()
+        assert alone["steps_used"] == 9 and len(alone["steps"]) == 9
+        assert solve(client, puzzle="sudoku", grid=grid, halt="q_head").json()["steps_used"] == 9  # checks nothing
+        escalated = solve(client, puzzle="sudoku", grid=grid, budget={"steps": 6}, return_steps=True).json()
+        assert len(escalated["steps"]) == 3  # the first view stops at 3 steps: the budget backs it up
+
+
 def test_stream_sends_one_step_event_per_step_then_the_result(client: TestClient) -> None:
     with client.stream("POST", "/solve", json={"puzzle": "maze", "grid": MAZE_10, "stream": True}) as response:
         assert response.status_code == 200

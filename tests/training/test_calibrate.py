@@ -205,6 +205,24 @@ def test_cli_horizons_stores_the_chosen_horizon_with_its_threshold_and_the_table
     assert "one view" in capsys.readouterr().err
 
 
+def test_cli_alone_stores_a_calibration_that_only_requests_without_a_budget_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+    assert calibrate.main([*argv, "--max-steps", "5"]) == 0
+    assert calibrate.main([*argv, "--horizons", "7,9", "--alone"]) == 0
+    alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["max_steps"]
+    card = json.loads((weights / "metrics.json").read_text())
+    assert card["halting"]["max_steps"] == 5 and card["halting_alone"]["max_steps"] == alone in (7, 9)
+    calibration = Calibration.from_card(card, model.config)
+    assert calibration.policy().max_steps == 5 and calibration.policy(budget=0).max_steps == alone
+    with pytest.raises(SystemExit):
+        calibrate.main([*argv, "--alone", "--views", "8"])
+    assert "single view" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "card",
     [
