@@ -6,7 +6,8 @@
 Each puzzle runs its policy's whole horizon (the card's calibrated one, else `halt_max_steps`); the server's rules
 are then replayed over the trace (`training.scoring`, `inference/`): with `--halt adaptive`, the default, a puzzle
 halts at its first answer that passes the rule check or when its halting head reaches the calibrated threshold,
-and one whose views all end unverified tries more views within `--budget` steps (the server's default budget);
+and one whose views all end unverified tries more views within `--budget` steps (the server's default budget;
+with `--budget 0` a single view runs to the card's calibration for a view alone, `halting_alone`, as the server's);
 `--halt q_head` is the paper's halting head alone, `--halt never` runs every step. The figures at the last step
 (`never`) come from the same computation. `--views K` starts with the first K symmetries of the square. ARC
 checkpoints take `--arc-mode` (see `training.evaluate_arc`). The last line of stdout is JSON.
