@@ -145,9 +145,11 @@ class Calibration:
     @classmethod
     def from_card(cls, card: dict[str, Any], config: TRMConfig) -> Calibration:
         def read(canvas: int | None) -> dict[int, Calibrated]:
+            keys = {views: halting_key(views, canvas) for views in range(1, 9)}
+            keys[ALONE] = halting_key(1, canvas, alone=True)
             records: dict[int, Calibrated] = {}
-            for views in range(ALONE, 9):
-                record = card.get(halting_key(max(views, 1), canvas, alone=views == ALONE))
+            for views, key in keys.items():
+                record = card.get(key)
                 threshold = _threshold(record.get("threshold")) if isinstance(record, dict) else None
                 if isinstance(record, dict) and threshold is not None:
                     records[views] = Calibrated(threshold, _horizon(record.get("max_steps")))

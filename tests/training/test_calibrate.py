@@ -12,6 +12,7 @@ import torch
 from inference.halting import Calibration, HaltingPolicy
 from model.checkpoint import save_checkpoint
 from model.config import TRMConfig
+from model.trm import TRM
 from tests.training.test_evaluate import answer_under, inputs_for, manual_steps, puzzle_set, tiny_model
 from training import calibrate
 from training.calibrate import (
@@ -184,13 +185,18 @@ def test_card_threshold_falls_back_to_the_reference_rule(card: dict[str, object]
     assert card_threshold(card) == 0.5
 
 
+def saved_tiny_model(tmp_path: Path) -> tuple[TRM, Path, list[str]]:
+    """A tiny checkpoint on disk and the CLI arguments that calibrate it in fp32 on 12 generated puzzles."""
+    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
+    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    return model, weights, ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+
+
 def test_cli_max_steps_sweeps_past_the_trained_horizon_and_stores_it_with_the_threshold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
-    weights = save_checkpoint(model, model.config, tmp_path / "w")
+    model, weights, argv = saved_tiny_model(tmp_path)
     steps = model.config.halt_max_steps + 3
-    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
     assert calibrate.main([*argv, "--max-steps", str(steps)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["max_steps"] == steps
@@ -205,9 +211,7 @@ def test_cli_max_steps_sweeps_past_the_trained_horizon_and_stores_it_with_the_th
 def test_cli_horizons_stores_the_chosen_horizon_with_its_threshold_and_the_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
-    weights = save_checkpoint(model, model.config, tmp_path / "w")
-    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+    _, weights, argv = saved_tiny_model(tmp_path)
     assert calibrate.main([*argv, "--horizons", "2,5"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     table = {row["max_steps"]: row for row in printed["horizons"]}
@@ -222,9 +226,7 @@ def test_cli_horizons_stores_the_chosen_horizon_with_its_threshold_and_the_table
 def test_cli_alone_stores_a_calibration_that_only_requests_without_a_budget_take(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = tiny_model(q_bias=0.0, q_weight_std=1.0)
-    weights = save_checkpoint(model, model.config, tmp_path / "w")
-    argv = ["--weights", str(weights), "--data", "generate:sudoku:12:6:10:3", "--dtype", "float32"]
+    model, weights, argv = saved_tiny_model(tmp_path)
     assert calibrate.main([*argv, "--max-steps", "5"]) == 0
     assert calibrate.main([*argv, "--horizons", "7,9", "--alone"]) == 0
     alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["max_steps"]
