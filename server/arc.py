@@ -67,8 +67,11 @@ def _demo_hash(task: ArcTask) -> str:
 class ArcModel:
     """Per ARC model: the known-task index, the demonstration-hash index, and the adaptation copy."""
 
-    def __init__(self, model: TRM, table: np.ndarray, identifiers: list[str], side: int, path: Path) -> None:
+    def __init__(
+        self, model: TRM, table: np.ndarray, identifiers: list[str], side: int, path: Path, dtype: torch.dtype
+    ) -> None:
         self.side = side  # the longest grid side the model takes
+        self.dtype = dtype  # the engine's: test-time training runs in the precision the server answers in
         self.table = table
         self._source = model
         self._copy: TRM | None = None
@@ -137,7 +140,7 @@ class ArcModel:
         start = time.monotonic()
         with self._lock:
             remaining = max(0.0, budget_s - (time.monotonic() - start))
-            answer = solve_unseen(self._source, task, plan.side, policy, remaining, recipe, self._start())
+            answer = solve_unseen(self._source, task, plan.side, policy, remaining, recipe, self._start(), self.dtype)
         plan.variants = answer.variants
         plan.adapt_s = time.monotonic() - start
         plan.losses = answer.report.losses

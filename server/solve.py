@@ -21,6 +21,7 @@ from inference.escalation import Escalation
 from inference.halting import HaltingPolicy, HaltReason
 from inference.views import apply_view, choose, invert_view, views_for
 from model.adapt import predicted_grid, two_attempts, variant_test_inputs
+from model.precision import resolve_dtype
 from model.puzzles.arc import ArcTask, decode_grid, needed_side, parse_task
 from model.puzzles.base import PuzzleError
 from model.puzzles.maze import drawn_side, solved_side
@@ -111,6 +112,7 @@ class Solver:
                 entry.identifiers,
                 (entry.canvases[-1] if entry.canvases else entry).codec.fits,  # type: ignore[attr-defined]
                 entry.checkpoint.path,
+                resolve_dtype(settings.dtype, next(entry.checkpoint.model.parameters()).device),
             )
             for name, entry in registry.models.items()
             if entry.family == "arc"

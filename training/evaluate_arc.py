@@ -46,6 +46,7 @@ from model.adapt import (
 )
 from model.checkpoint import Checkpoint
 from model.config import TRMConfig
+from model.precision import dtype_name
 from model.puzzles.arc import MAX_SIDE, ArcTask, Grid, encode_grid, needed_side, parse_task, side_from_seq_len
 from model.puzzles.augment import Variant, apply_variant, make_variants
 from model.puzzles.base import PuzzleError
@@ -223,7 +224,7 @@ def evaluate_arc(
             rows.add(name, task, [v for _, v in kept], [r for r, _ in kept], side)
             continue
         if adapt.ttt == "network":
-            answer = solve_unseen(model, task, side, policy, adapt.time_budget_s, recipe, init)
+            answer = solve_unseen(model, task, side, policy, adapt.time_budget_s, recipe, init, dtype)
             adapt_seconds.append(answer.seconds)
             fit_steps.append(answer.report.steps_taken)
             fit_chosen.append(answer.report.steps_chosen)
@@ -305,6 +306,7 @@ def evaluate_arc(
     summary: dict[str, Any] = {
         "arc_mode": mode,
         "halt": halt,
+        "dtype": dtype_name(dtype),
         "pass@1": float(np.mean(task_pass1)) if task_pass1 else 0.0,
         "pass@2": float(np.mean(task_pass2)) if task_pass2 else 0.0,
         "exact_accuracy": float(np.mean(exact_rows + ttt_exact)) if exact_rows or ttt_exact else 0.0,  # per variant

@@ -37,6 +37,10 @@ from training.scoring import evaluate_by_canvas
 
 log = logging.getLogger(__name__)
 
+# Model settings that schedule the ACT loop without changing what one step computes: a stage started from another
+# run's weights may change them (e.g. a longer horizon, so the network learns to keep improving past the first one's).
+STAGE_SETTINGS = ("halt_max_steps", "halt_exploration_prob")
+
 MAX_BAD_STEPS = 16  # non-finite steps in a row before training stops
 
 
@@ -149,10 +153,13 @@ class Trainer:
     def _start_from(self, directory: Path) -> dict[str, str]:
         """Copy a checkpoint's weights into the fresh model (before compiling, so the names match); returns what
         the saved weights record about it. The same shapes are not enough: a different recursion depth or mixer
-        would load silently and train a different model, so the whole architecture must match."""
+        would load silently and train a different model, so the whole architecture must match. The ACT schedule
+        (`STAGE_SETTINGS`) is not architecture: one step computes the same with any horizon, so a later stage may
+        train with a longer one."""
         ckpt = load_checkpoint(directory)
-        theirs = {k: v for k, v in ckpt.config.to_dict().items() if k != "training"}
-        mine = {k: v for k, v in self.config.to_dict().items() if k != "training"}
+        skip = {"training", *STAGE_SETTINGS}
+        theirs = {k: v for k, v in ckpt.config.to_dict().items() if k not in skip}
+        mine = {k: v for k, v in self.config.to_dict().items() if k not in skip}
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ)

@@ -61,3 +61,24 @@ def test_the_server_and_the_evaluation_share_one_default_recipe() -> None:
 
     assert Settings().arc_recipe() == ARC_DEFAULTS
     assert AdaptOptions().recipe() == ARC_DEFAULTS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fitting_and_answering_run_in_the_precision_asked_for(dtype: torch.dtype) -> None:
+    """The server passes its resolved dtype (bf16 autocast on a CPU with bf16 hardware), so test-time training is
+    as fast as the server's other answers; the source weights stay fp32 either way."""
+    seen: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
+            seen.add(output.dtype)
+
+    model, task = conv_model(0), recolour_task(10)
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        answer = solve_unseen(model, task, SIDE, POLICY, 2.0, RECIPE, dtype=dtype)
+    finally:
+        hook.remove()
+    assert seen == {dtype}
+    assert answer.report.steps_taken > 0 and len(answer.grids) == len(task.test)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -381,6 +381,21 @@ def test_init_from_a_checkpoint_of_another_architecture_names_the_file_and_the_d
         )
 
 
+def test_a_stage_may_train_a_checkpoint_with_a_longer_act_horizon(tmp_path: Path) -> None:
+    """The horizon schedules the ACT loop; the weights and what one step computes are the same."""
+    train = sudoku_4x4(tmp_path)
+    first = Trainer(tiny_preset(tmp_path), train, None, tmp_path / "a", device=torch.device("cpu"))
+    source = first.save_weights(tmp_path / "stage1")
+    preset = tiny_preset(tmp_path, f"train.init_from={source}", "model.halt_max_steps=9")
+    second = Trainer(preset, train, None, tmp_path / "b", device=torch.device("cpu"))
+    for name, tensor in load_checkpoint(source).model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], tensor), name
+    for _ in range(6):  # past the first stage's horizon of 4: no slot is forced to halt there
+        second.train_step()
+    assert int(second.act.steps.max()) > first.config.halt_max_steps
+    assert load_checkpoint(second.save_weights(tmp_path / "stage2")).config.halt_max_steps == 9
+
+
 def test_a_time_limit_ends_the_run_early_evaluated_and_saved(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
