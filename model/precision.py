@@ -69,8 +69,15 @@ def _warn_emulated(cpuinfo: str) -> None:
     )
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked for; fp32 runs without any autocast context."""
+def autocast(
+    device: torch.device, dtype: torch.dtype, weights_change: bool = False
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where asked for; fp32 runs without any autocast context.
+
+    `weights_change`: the weights are updated inside the context (test-time training around several optimiser
+    steps). Autocast keeps the low-precision copy of each trainable weight it casts until the context exits, so
+    without this every step after the first would run on the first step's weights.
+    """
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=not weights_change)
