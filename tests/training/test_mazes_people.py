@@ -14,6 +14,7 @@ from model.puzzles.maze import GOAL, OPEN, PATH, START, WALL, count_shortest_pat
 from training.config import load_preset
 from training.data import mazes_people
 from training.data.dataset import by_canvas, load_meta, load_split
+from training.loop import STAGE_SETTINGS
 from training.sampler import BatchStream
 
 
@@ -126,8 +127,10 @@ def test_maze_any_cpu_preset_is_a_conv_model_on_small_people_mazes() -> None:
 
 def test_the_second_maze_any_stage_trains_the_same_model_on_larger_mazes_on_its_own_canvases() -> None:
     first, second = load_preset("maze-any-cpu"), load_preset("maze-any-cpu-stage2")
-    same = dataclasses.replace(second.model, training=first.model.training)
-    assert same == first.model  # init_from needs the same architecture, and the server the same canvas
+    # init_from needs the same architecture, and the server the same canvas; only the ACT schedule may change
+    schedule = {name: getattr(first.model, name) for name in STAGE_SETTINGS}
+    assert dataclasses.replace(second.model, training=first.model.training, **schedule) == first.model
+    assert second.model.halt_max_steps > first.model.halt_max_steps  # big mazes train past stage 1's horizon
     assert second.train.init_from == "weights/maze-any" and second.data.builder == "maze-people"
     assert second.data.grid_size > first.data.grid_size and second.data.min_canvas == first.data.grid_size + 1
     assert second.data.seed != first.data.seed  # fresh mazes, not the first stage's again
