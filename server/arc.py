@@ -71,7 +71,7 @@ class ArcModel:
         self, model: TRM, table: np.ndarray, identifiers: list[str], side: int, path: Path, dtype: torch.dtype
     ) -> None:
         self.side = side  # the longest grid side the model takes
-        self.dtype = dtype  # the server's resolved `dtype` setting: test-time training runs in the precision it answers in
+        self.dtype = dtype  # the server's `dtype` setting, resolved: test-time training runs in it
         self.table = table
         self._source = model
         self._copy: TRM | None = None
