@@ -285,6 +285,7 @@ def evaluate_arc(
 
     submission: dict[str, list[dict[str, Grid]]] = {}
     task_pass1, task_pass2 = [], []
+    solved: list[str] = []  # tasks with some test input right within two attempts
     test_inputs = 0
     for name in sorted(tasks):
         raw_tests = tasks[name]["test"]
@@ -301,6 +302,8 @@ def evaluate_arc(
         if hits1:  # tasks without any known answer cannot be scored
             task_pass1.append(float(np.mean(hits1)))
             task_pass2.append(float(np.mean(hits2)))
+            if any(hits2):
+                solved.append(name)
 
     variant_rows = len(rows.keys) + len(ttt_steps)
     summary: dict[str, Any] = {
@@ -316,6 +319,7 @@ def evaluate_arc(
         "scored_tasks": len(task_pass1),
         "test_inputs": test_inputs,
         "variants_per_test_input": variant_rows / max(1, sum(len(t.test) for t in parsed.values() if t)),
+        "solved_tasks": solved,
         "skipped_tasks": skipped,
         "unknown_tasks": unknown,
         "seconds": round(seconds + sum(adapt_seconds), 2),
@@ -339,6 +343,12 @@ def add_arc_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--arc-mode", choices=["known", "adapt"], help="score ARC tasks: trained rows, or adaptation")
     group.add_argument("--submission", type=Path, help="write the ARC submission JSON here")
     group.add_argument("--arc-subset", help="subset of an ARC source to score (default: evaluation)")
+    group.add_argument(
+        "--arc-tasks",
+        metavar="START:END",
+        help="score only the tasks START..END-1 in id order: shards of an evaluation too long for one sitting "
+        "(each shard's --record holds its tasks, pass@2 is their mean; with --limit, the first N of the shard)",
+    )
     group.add_argument(
         "--arc-variants",
         type=int,
@@ -370,8 +380,14 @@ def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dt
     if ckpt.config.family != "arc":
         raise SystemExit(f"--arc-mode needs an ARC checkpoint; {args.weights} is {ckpt.config.family}")
     tasks, data_ids = load_arc_tasks(args.data, args.arc_subset)
-    if args.limit:
-        tasks = {name: tasks[name] for name in sorted(tasks)[: args.limit]}
+    names = sorted(tasks)
+    if args.arc_tasks:
+        start, _, end = args.arc_tasks.partition(":")
+        try:
+            names = names[int(start or 0) : int(end) if end else None]
+        except ValueError:
+            raise SystemExit(f"--arc-tasks takes START:END task positions, got {args.arc_tasks!r}") from None
+    tasks = {name: tasks[name] for name in names[: args.limit or None]}
     weights = Path(args.weights)
     identifiers = load_identifiers(weights) if (weights / "identifiers.json").is_file() else None
     if identifiers is None and data_ids is not None and len(data_ids) == ckpt.config.num_puzzle_ids:
@@ -403,7 +419,7 @@ def run_arc(args: argparse.Namespace, ckpt: Checkpoint, device: torch.device, dt
         progress=True,
         max_steps=args.max_steps,
     )
-    summary = {"weights": str(weights), "data": args.data, **summary}
+    summary = {"weights": str(weights), "data": args.data, "arc_tasks": args.arc_tasks or "all", **summary}
     if args.submission:
         args.submission.parent.mkdir(parents=True, exist_ok=True)
         args.submission.write_text(json.dumps(submission))

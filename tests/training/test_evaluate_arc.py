@@ -91,6 +91,7 @@ def test_an_oracle_scores_pass_at_1_after_inverting_every_variant(dataset: Path)
     summary, submission = evaluate_arc(oracle, tasks, "known", ids)
     assert (summary["pass@1"], summary["pass@2"], summary["exact_accuracy"], summary["cell_accuracy"]) == (1, 1, 1, 1)
     assert summary["mean_steps"] == 1 and summary["variants_per_test_input"] == 3
+    assert summary["solved_tasks"] == sorted(tasks)
     for name, task in tasks.items():
         assert [a["attempt_1"] for a in submission[name]] == [t["output"] for t in task["test"]]
 
@@ -101,6 +102,7 @@ def test_known_tasks_without_trained_rows_score_zero_and_are_listed(dataset: Pat
     oracle = Oracle(tiny_config(family="arc", vocab_size=12, seq_len=100, num_puzzle_ids=len(ids)), dataset)
     summary, submission = evaluate_arc(oracle, tasks, "known", ids, max_variants=1)
     assert summary["unknown_tasks"] == ["eval0002"] and summary["pass@1"] == summary["pass@2"] == 0.5
+    assert summary["solved_tasks"] == ["eval0001"]
     assert summary["variants_per_test_input"] == 1
     assert [np.shape(a["attempt_1"]) for a in submission["eval0002"]] == [
         np.shape(t["input"]) for t in tasks["eval0002"]["test"]
@@ -130,3 +132,14 @@ def test_cli_prints_pass_at_k_json_and_writes_the_submission(
         for answer in answers:
             assert set(answer) == {"attempt_1", "attempt_2"}
             assert all(grid and all(row for row in grid) for grid in answer.values())
+
+
+def test_cli_scores_one_shard_of_the_tasks_in_id_order(
+    dataset: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--weights", str(weights), "--data", str(dataset), "--arc-mode", "known", "--device", "cpu"]
+    assert main([*argv, "--arc-tasks", "1:2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tasks"] == 1 and summary["arc_tasks"] == "1:2" and summary["test_inputs"] == 2  # eval0002
+    with pytest.raises(SystemExit, match="START:END"):
+        main([*argv, "--arc-tasks", "a:b"])
