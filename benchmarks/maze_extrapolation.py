@@ -11,8 +11,9 @@ one thread. Here each maze of a case (`H:W:N:K`, drawn by `training.data.mazes_p
 spec `generate:maze-people:N:H:W:SEED` of `training.evaluate`) runs K steps once, in batches of about
 `CHUNK_TOKENS` cells (on a 48x48 canvas, 4 mazes a batch step 1.75x faster than 8), and every step is scored:
 `exact_by_step` (all steps to that horizon, `--halt never`), `verified_by_step` (an answer passed the rule check by
-then, what halting on verification alone reaches) and, per horizon, the threshold sweep of `training.calibrate`
-(adaptive halting as the server does it, one view, no budget).
+then, what halting on verification alone reaches), `by_maze` (each maze's generator, loops, rooms, path length and
+the first step its answer verified: which kinds of maze a size fails on) and, per horizon, the threshold sweep of
+`training.calibrate` (adaptive halting as the server does it, one view, no budget).
 
 `--calibrate` stores the calibration of the case's canvas in WEIGHTS/metrics.json in `training.calibrate`'s
 layout (`halting_canvasN`, or `halting` on the model's own canvas): the shortest horizon whose best sweep row is
@@ -37,8 +38,10 @@ import numpy as np
 
 from inference.halting import halting_key
 from model.checkpoint import load_checkpoint
+from model.puzzles.maze import PATH
 from model.trm import TRM
 from training.calibrate import choose, exact, sweep, trace_answers
+from training.data.mazes_people import held_out_styles
 from training.data.sources import load_eval_data
 from training.scoring import check_trace, data_canvas, puzzle_rules
 
@@ -86,6 +89,7 @@ def measure(model: TRM, height: int, width: int, n: int, steps: int, seed: int) 
         "exact_by_step": [round(float(x), 4) for x in correct.mean(1)],
         "verified_by_step": [round(float(x), 4) for x in np.maximum.accumulate(verified, 0).mean(1)],
         "verified_mazes": [int(i) for i in np.flatnonzero(verified.any(0))],
+        "by_maze": by_maze(held_out_styles(n, height, width, True, seed), labels, verified),
         "sweeps": {
             str(h): {
                 "never_exact_accuracy": round(float(correct[h - 1].mean()), 4),
@@ -94,6 +98,33 @@ def measure(model: TRM, height: int, width: int, n: int, steps: int, seed: int) 
             for h in horizons
         },
     }
+
+
+def by_maze(styles: list[dict[str, Any]], labels: np.ndarray, verified: np.ndarray) -> list[dict[str, Any]]:
+    """Per maze: its style, its shortest path's length and the first step (1-based) whose answer verified, or
+    None."""
+    first = np.where(verified.any(0), verified.argmax(0) + 1, 0)
+    return [
+        {
+            "generator": style["generator"],
+            "loops": round(float(style["loops"]), 4),
+            "rooms": int(style["rooms"]),
+            "doors": bool(style["doors"]),
+            "path": int((labels[i] == PATH).sum()),
+            "verified_at": int(first[i]) or None,
+        }
+        for i, style in enumerate(styles)
+    ]
+
+
+def by_kind(mazes: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """(verified, mazes) for perfect mazes, mazes with loops, and mazes with open rooms."""
+    counts: dict[str, tuple[int, int]] = {}
+    for maze in mazes:
+        kind = "rooms" if maze["rooms"] else "loops" if maze["loops"] > 0 else "perfect"
+        done, total = counts.get(kind, (0, 0))
+        counts[kind] = (done + (maze["verified_at"] is not None), total + 1)
+    return counts
 
 
 def calibration(result: dict[str, Any], tolerance: float, floor: int = 0) -> dict[str, Any]:
@@ -191,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             result["verified_by_step"][-1],
             result["seconds_per_maze_step"],
         )
+        log.info("%s verified by kind (verified, mazes): %s", name, by_kind(result["by_maze"]))
         if args.calibrate:
             path = args.weights / "metrics.json"
             card = json.loads(path.read_text()) if path.is_file() else {}

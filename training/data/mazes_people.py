@@ -343,23 +343,25 @@ def _texture(height: int, width: int, ring: bool, loops_max: float, rng: np.rand
     )
 
 
-def held_out(n: int, height: int, width: int, ring: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` mazes of one size for measuring extrapolation: every generator in turn, the loops, rooms and doors of
-    `draw_styles`, and unique shortest paths; (questions, labels) uint8 [n, height, width]."""
+def held_out_styles(n: int, height: int, width: int, ring: bool, seed: int) -> list[dict[str, Any]]:
+    """The style of each maze `held_out` draws: every generator in turn, the loops, rooms and doors of
+    `draw_styles`, and the generator's seed. Exposed so a measurement can say which kinds of maze fail."""
     rng = np.random.default_rng([seed, height, width, int(ring)])
-    questions = np.zeros((n, height, width), np.uint8)
-    labels = np.zeros((n, height, width), np.uint8)
+    styles = []
     for i in range(n):
         texture = _texture(height, width, ring, 0.2, rng)
-        q, a, _ = generate(
-            1,
-            height,
-            width,
-            generator=GENERATORS[i % len(GENERATORS)],
-            ring=ring,
-            seed=int(rng.integers(2**31)),
-            **texture,
-        )
+        seed_i = int(rng.integers(2**31))
+        styles.append(dict(generator=GENERATORS[i % len(GENERATORS)], ring=ring, seed=seed_i, **texture))
+    return styles
+
+
+def held_out(n: int, height: int, width: int, ring: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` mazes of one size for measuring extrapolation (`held_out_styles`), with unique shortest paths;
+    (questions, labels) uint8 [n, height, width]."""
+    questions = np.zeros((n, height, width), np.uint8)
+    labels = np.zeros((n, height, width), np.uint8)
+    for i, style in enumerate(held_out_styles(n, height, width, ring, seed)):
+        q, a, _ = generate(1, height, width, **style)
         questions[i], labels[i] = q[0], a[0]
     return questions, labels
 
