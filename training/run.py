@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="end the run after this many seconds of training, evaluated and saved as at its last step (0: none)",
     )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        metavar="STEP",
+        help="end the run at this optimizer step, evaluated and saved as at its last step; the learning-rate "
+        "schedule still runs to train.max_steps, so this reproduces a run stopped early at that step (0: none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
@@ -134,12 +142,13 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     window: list[dict[str, float]] = []
     start = time.time()
     last_eval: dict[str, object] = {}
-    done = trainer.step >= trainer.total_steps
+    end = min(trainer.total_steps, args.stop_at) if args.stop_at > 0 else trainer.total_steps
+    done = trainer.step >= end
     while not done:
         stats = trainer.train_step()
         window.append(stats)
         bar.update(1)
-        done = trainer.step >= trainer.total_steps or out_of_time(trainer, start, args.time_limit)
+        done = trainer.step >= end or out_of_time(trainer, start, args.time_limit)
         if trainer.step % args.log_every == 0 or done:
             avg = summarize(window)
             window.clear()

@@ -411,3 +411,29 @@ def test_a_time_limit_ends_the_run_early_evaluated_and_saved(
     assert [r["step"] for r in evals if r["kind"] == "eval"] == [summary["steps"]]
     assert load_checkpoint(out).config.training["preset"] == "sudoku-4x4-tiny"
     assert json.loads((run_dir / "state" / "state.json").read_text())["step"] == summary["steps"]
+
+
+def test_stop_at_ends_the_run_at_that_step_on_the_full_runs_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped at its best step is reproduced by `--stop-at`: same steps, same learning rates as the
+    uninterrupted run up to there, evaluated and saved at the stop."""
+
+    def train(name: str, *extra: str) -> tuple[dict[str, object], list[dict[str, object]]]:
+        run_dir = tmp_path / name
+        argv = ["--preset", "sudoku-4x4-tiny", "--set", f"data.cache_dir={tmp_path / 'data'}"]
+        argv += ["--set", "train.threads=1", "--set", "train.max_steps=8", "--set", "train.eval_every_steps=100"]
+        argv += ["--set", "train.lr_warmup_steps=2", "--log-every", "1", "--run-dir", str(run_dir)]
+        argv += ["--device", "cpu", "--no-progress", *extra]
+        assert run.main(argv) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return summary, [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    full_summary, full = train("full")
+    stopped_summary, stopped = train("stopped", "--stop-at", "3", "--out", str(tmp_path / "weights"))
+    assert (full_summary["steps"], stopped_summary["steps"]) == (8, 3)
+    lrs = {r["step"]: r["lr"] for r in full if r["kind"] == "train"}
+    assert [(r["step"], r["lr"]) for r in stopped if r["kind"] == "train"] == [(s, lrs[s]) for s in (1, 2, 3)]
+    assert [r["step"] for r in stopped if r["kind"] == "eval"] == [3]
+    assert json.loads((tmp_path / "stopped" / "state" / "state.json").read_text())["step"] == 3
+    assert load_checkpoint(tmp_path / "weights").config.training["preset"] == "sudoku-4x4-tiny"
