@@ -50,8 +50,11 @@ $(CHECKOV):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet $(CHECKOV_SPEC)
 
+# Two pytest-xdist workers, one a core (tests keep torch on one thread); whole files go to one worker, so a
+# module's fixtures (servers, exported models) are built once. TEST_WORKERS=0 runs the suite serially.
+TEST_WORKERS ?= 2
 test: lint $(CHROMIUM) $(HAPROXY) $(CHECKOV)
-	CHECKOV_VENV=$(CHECKOV_VENV) HAPROXY=$(HAPROXY) $(BIN)/python -m pytest $(ARGS)
+	CHECKOV_VENV=$(CHECKOV_VENV) HAPROXY=$(HAPROXY) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 train: $(STAMP)
 	$(BIN)/python -m training.run --preset $(PRESET) $(ARGS)

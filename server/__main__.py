@@ -69,6 +69,11 @@ class DrainingServer(uvicorn.Server):
         threading.Thread(target=drain, name="trm-drain", daemon=True).start()
 
 
+UVICORN_GRACE_S = 5
+"""Seconds uvicorn's own graceful shutdown waits past the drain limit before it cancels what is left: our drain
+answers every unfinished puzzle 503 at the limit, so reaching this means the drain itself hung."""
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**parse_args(argv))
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + UVICORN_GRACE_S,
         lifespan="on",
     )
     server = DrainingServer(config, app, settings.drain_timeout_s)

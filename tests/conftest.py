@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -21,6 +23,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Starts the smoke run early, in a serial session only: under pytest-xdist a worker cannot tell whether the
+    smoke test will come to it, so its fixture starts the run when it does, and the other worker keeps the cores
+    busy while that one mostly waits."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if _Smoke.wanted and _Smoke.run is None and item.nodeid.startswith(START_WITH):
         _Smoke.run = SmokeRun.start()
 
