@@ -96,6 +96,10 @@ class TrainConfig:
     ema_rate: float = 0.999
     grad_clip: float = 0.0
     """Clip the global grad norm when > 0 (the reference does not clip)."""
+    bucket_run: int = 32
+    """Batches of one canvas in a row when the data lies on several canvases (`training.sampler`). The trainer
+    restarts every slot when the canvas changes, so a slot whose maze needs more supervision steps than are left in
+    the run never halts: keep it well above the ACT horizon (`model.halt_max_steps`)."""
     loss: str = "stablemax"
     """stablemax (TRM) or softmax cross-entropy."""
     seed: int = 0

@@ -139,7 +139,9 @@ class Trainer:
             self.cfg.optimizer, params, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
         )
         self.ema = EMA(self.model, self.cfg.ema_rate) if self.cfg.ema else None
-        self.stream = BatchStream(train_data, self.cfg.global_batch_size, self.cfg.seed, augment)
+        self.stream = BatchStream(
+            train_data, self.cfg.global_batch_size, self.cfg.seed, augment, bucket_run=self.cfg.bucket_run
+        )
         self.steps_per_epoch = max(1, self.stream.examples_per_epoch() // self.cfg.global_batch_size)
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.eval_every = self.cfg.eval_every_steps or self.cfg.eval_interval * self.steps_per_epoch

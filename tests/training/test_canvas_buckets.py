@@ -90,12 +90,11 @@ def test_slots_restart_on_a_new_canvas_and_a_resumed_run_matches(
     arc_sets: tuple[Path, PuzzleSet, PuzzleSet], tmp_path: Path
 ) -> None:
     root, train, test = arc_sets
-    preset = tiny_arc(tmp_path, int(json.loads((root / "meta.json").read_text())["num_puzzle_ids"]))
+    num_ids = int(json.loads((root / "meta.json").read_text())["num_puzzle_ids"])
+    preset = tiny_arc(tmp_path, num_ids, "train.bucket_run=1")  # a canvas change at nearly every step
 
     def trainer() -> Trainer:
-        made = Trainer(preset, train, test, tmp_path / "run", None, torch.device("cpu"))
-        made.stream.bucket_run = 1  # a canvas change at nearly every step
-        return made
+        return Trainer(preset, train, test, tmp_path / "run", None, torch.device("cpu"))
 
     straight = trainer()
     lengths = []
@@ -185,3 +184,12 @@ def test_a_run_waits_while_another_builds_the_same_dataset(tmp_path: Path) -> No
         assert waiter.is_alive() and not (tmp_path / "cache" / "data_config.json").exists()
     waiter.join(timeout=60)
     assert loaded == [16] and (tmp_path / "cache" / "data_config.json").is_file()
+
+
+def test_the_preset_sets_how_many_batches_of_one_canvas_come_in_a_row(
+    arc_sets: tuple[Path, PuzzleSet, PuzzleSet], tmp_path: Path
+) -> None:
+    root, train, test = arc_sets
+    num_ids = int(json.loads((root / "meta.json").read_text())["num_puzzle_ids"])
+    made = Trainer(tiny_arc(tmp_path, num_ids, "train.bucket_run=3"), train, test, tmp_path / "run", None)
+    assert made.stream.bucket_run == 3  # how the runs are cut: test_every_batch_holds_one_canvas_and_the_stream_resumes
