@@ -130,8 +130,9 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
             trainer.eval_every,
         )
 
+    end = min(trainer.total_steps, args.stop_at) if args.stop_at > 0 else trainer.total_steps
     bar = tqdm(
-        total=trainer.total_steps,
+        total=end,
         initial=trainer.step,
         desc=preset.name,
         unit="step",
@@ -142,7 +143,6 @@ def train(preset: Preset, args: argparse.Namespace) -> int:
     window: list[dict[str, float]] = []
     start = time.time()
     last_eval: dict[str, object] = {}
-    end = min(trainer.total_steps, args.stop_at) if args.stop_at > 0 else trainer.total_steps
     done = trainer.step >= end
     while not done:
         stats = trainer.train_step()
